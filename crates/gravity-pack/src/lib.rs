@@ -1,0 +1,1 @@
+//! Content-addressed package store and cluster images (work in progress).

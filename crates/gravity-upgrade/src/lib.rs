@@ -1,0 +1,1 @@
+//! Cluster upgrade: plan builder, phases and backends (not yet implemented).
