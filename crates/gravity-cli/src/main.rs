@@ -1,1 +1,104 @@
-fn main() {}
+//! `gravity`: upgrade Kubernetes clusters with resumable operation plans.
+//!
+//! Argument parsing and printing only; every command is a few lines over a
+//! library call.
+
+mod demo;
+mod plan_cmd;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The error type of command handlers: printed as one `[ERROR]: …` line.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+/// What a command handler returns.
+pub type CliResult = Result<ExitCode, CliError>;
+
+/// Upgrade Kubernetes clusters the way Gravity 5.5 did: operations with
+/// plans you can run phase by phase, resume and roll back.
+#[derive(Debug, Parser)]
+#[command(name = "gravity", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding all state (operations, plans, package stores).
+    #[arg(long, global = true, env = "GRAVITY_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Print engine detail (every state change) to stderr.
+    #[arg(long, global = true)]
+    debug: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and list operations.
+    #[command(subcommand)]
+    Operation(plan_cmd::OperationCommand),
+    /// Show, execute, roll back, resume or complete the operation plan.
+    Plan(plan_cmd::PlanArgs),
+    /// Roll back the whole active operation (started phases, newest first).
+    Rollback(plan_cmd::RollbackArgs),
+    /// Run a demo: create an operation from the built-in three-master plan
+    /// and run it to the end in a fresh state directory.
+    Demo(demo::DemoArgs),
+}
+
+/// The default state directory: `$XDG_STATE_HOME/gravity`, else
+/// `~/.local/state/gravity`.
+fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("gravity");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/state/gravity");
+    }
+    PathBuf::from("gravity-state")
+}
+
+/// Settings every command gets.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// `--debug`.
+    pub debug: bool,
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let globals = Globals {
+        state_dir: cli.state_dir.unwrap_or_else(default_state_dir),
+        debug: cli.debug,
+    };
+    match cli.command {
+        Command::Operation(cmd) => plan_cmd::operation(cmd, &globals).await,
+        Command::Plan(args) => plan_cmd::plan(args, &globals).await,
+        Command::Rollback(args) => plan_cmd::rollback(args, &globals).await,
+        Command::Demo(args) => demo::run(args, &globals).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("[ERROR]: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("[ERROR]: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
