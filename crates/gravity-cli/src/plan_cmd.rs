@@ -243,14 +243,14 @@ pub async fn operation(cmd: OperationCommand, globals: &Globals) -> CliResult {
                 .into());
             }
             gravity_plan::check_operation_id(&plan.operation_id)?;
-            if let Some(l) = store.lock_holder().await? {
-                if let Ok(op) = store.operation(&l.operation_id).await {
-                    return Err(format!(
-                        "the last {} operation ({}) is still in progress; resume it (\"gravity plan resume\"), roll it back (\"gravity rollback\") or finish it (\"gravity plan complete\") before starting another",
-                        op.kind, op.id
-                    )
-                    .into());
-                }
+            if let Some(l) = store.lock_holder().await?
+                && let Ok(op) = store.operation(&l.operation_id).await
+            {
+                return Err(format!(
+                    "the last {} operation ({}) is still in progress; resume it (\"gravity plan resume\"), roll it back (\"gravity rollback\") or finish it (\"gravity plan complete\") before starting another",
+                    op.kind, op.id
+                )
+                .into());
             }
             store
                 .claim_lock(&plan.operation_id, &Actor::current())
@@ -386,7 +386,7 @@ async fn tail(
                 .into());
             }
         }
-        if polls % 4 == 0 {
+        if polls.is_multiple_of(4) {
             let rec = store.operation(&op.id).await?;
             if rec.state.is_finished() {
                 println!(

@@ -1,10 +1,9 @@
 //! Console progress in the seed's format.
 //!
-//! ```text
-//! Sun Aug  2 03:40:04 UTC	Executing "/init/kevin-test1" locally
-//! 	Still executing "/init/kevin-test1" locally (10 seconds elapsed)
-//! Sun Aug  2 03:40:09 UTC	Executing phase "/init" finished in 5 seconds
-//! ```
+//! Each step is a UTC time, a TAB and the message
+//! (`Sun Aug  2 03:40:04 UTC<TAB>Executing "/init/kevin-test1" locally`);
+//! a heartbeat line is a TAB and `Still executing … (10 seconds elapsed)`;
+//! a command ends with `Executing phase "/init" finished in 5 seconds`.
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -463,10 +463,8 @@ impl Engine {
             let mut deps: Vec<usize> = Vec::new();
             for d in std::iter::once(c).chain(self.graph.descendants(c)) {
                 for &r in &self.graph.node(d).requires {
-                    if let Some(j) = pos_of(r) {
-                        if j != i && !deps.contains(&j) {
-                            deps.push(j);
-                        }
+                    if let Some(j) = pos_of(r).filter(|&j| j != i && !deps.contains(&j)) {
+                        deps.push(j);
                     }
                 }
             }

@@ -356,10 +356,11 @@ impl PlanGraph {
     pub fn unknown_executors(&self, known: impl Fn(&str) -> bool) -> Vec<(String, PhasePath)> {
         let mut out: Vec<(String, PhasePath)> = Vec::new();
         for &l in &self.leaves {
-            if let Some(kind) = &self.nodes[l].phase.executor {
-                if !known(kind) && !out.iter().any(|(k, _)| k == kind) {
-                    out.push((kind.clone(), self.nodes[l].phase.id.clone()));
-                }
+            if let Some(kind) = &self.nodes[l].phase.executor
+                && !known(kind)
+                && !out.iter().any(|(k, _)| k == kind)
+            {
+                out.push((kind.clone(), self.nodes[l].phase.id.clone()));
             }
         }
         out
