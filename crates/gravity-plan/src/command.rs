@@ -198,3 +198,73 @@ impl PhaseExecutor for CommandExecutor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::executor::NoProgress;
+    use crate::{Phase, PhasePath, Plan, PlanGraph};
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx(data: serde_json::Value) -> PhaseContext {
+        let mut p = Phase::new(PhasePath::parse("/step").unwrap(), "Step");
+        p.executor = Some("command".into());
+        p.data = data;
+        let graph = PlanGraph::build(Plan {
+            operation_id: "op-1".into(),
+            operation_kind: "runbook".into(),
+            cluster_name: "c".into(),
+            created: chrono::Utc::now(),
+            phases: vec![p],
+        })
+        .unwrap();
+        let path = PhasePath::parse("/step").unwrap();
+        PhaseContext::new(graph, &path, Arc::new(NoProgress), CancellationToken::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_and_captures_failures() {
+        let ok = ctx(
+            serde_json::json!({"command": ["sh", "-c", "test \"$GRAVITY_PHASE\" = /step && test \"$X\" = y"], "env": {"X": "y"}}),
+        );
+        CommandExecutor.execute(&ok).await.unwrap();
+        let bad = ctx(serde_json::json!({"command": "echo one; echo two >&2; exit 4"}));
+        let e = CommandExecutor.execute(&bad).await.unwrap_err().to_string();
+        assert!(e.contains("exited with status 4"), "{e}");
+        assert!(e.contains("one\ntwo"), "{e}");
+        // No rollback command: nothing to undo.
+        CommandExecutor.rollback(&bad).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn honours_timeout_and_cancellation() {
+        let slow = ctx(serde_json::json!({"command": "sleep 5", "timeout": "200ms"}));
+        let t = std::time::Instant::now();
+        let e = CommandExecutor
+            .execute(&slow)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timed out after 200ms"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        let c = ctx(serde_json::json!({"command": "sleep 5"}));
+        let token = c.cancel().clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            token.cancel();
+        });
+        let e = CommandExecutor.execute(&c).await.unwrap_err().to_string();
+        assert!(e.contains("was interrupted"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn bad_data_is_a_clear_error() {
+        let c = ctx(serde_json::json!({"cmd": "true"}));
+        let e = CommandExecutor.pre_check(&c).await.unwrap_err().to_string();
+        assert!(e.contains("its data is not valid"), "{e}");
+        let c = ctx(serde_json::json!({"command": "true", "timeout": "soon"}));
+        assert!(CommandExecutor.pre_check(&c).await.is_err());
+    }
+}

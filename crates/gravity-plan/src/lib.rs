@@ -50,7 +50,9 @@ pub use executor::{
 };
 pub use graph::{EdgeKind, GraphError, PhaseIx, PhaseNode, PlanGraph};
 pub use path::{MAX_PATH_LEN, PathError, PhasePath};
-pub use plan::{MAX_DEPTH, Node, Phase, PhaseDefinition, Plan, PlanDefinition, PlanFileError};
+pub use plan::{
+    MAX_DEPTH, MAX_PLAN_FILE, Node, Phase, PhaseDefinition, Plan, PlanDefinition, PlanFileError,
+};
 pub use state::{Actor, NewChange, OperationState, PhaseChange, PhaseState, derive_state};
 pub use store::{
     FileStore, LockInfo, MemoryStore, OperationRecord, PlanStore, StoreError, check_operation_id,
