@@ -4,6 +4,7 @@
 //! library call.
 
 mod demo;
+mod package_cmd;
 mod plan_cmd;
 mod progress;
 
@@ -43,6 +44,11 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Roll back the whole active operation (started phases, newest first).
     Rollback(plan_cmd::RollbackArgs),
+    /// Inspect and manage package stores.
+    #[command(subcommand)]
+    Package(package_cmd::PackageCommand),
+    /// Upload a cluster image into the cluster package store.
+    Upload(package_cmd::UploadArgs),
     /// Run a demo: create an operation from the built-in three-master plan
     /// and run it to the end in a fresh state directory.
     Demo(demo::DemoArgs),
@@ -79,6 +85,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::Plan(args) => plan_cmd::plan(args, &globals).await,
         Command::Rollback(args) => plan_cmd::rollback(args, &globals).await,
         Command::Demo(args) => demo::run(args, &globals).await,
+        Command::Package(cmd) => package_cmd::run_package(cmd, &globals.state_dir).await,
+        Command::Upload(args) => package_cmd::run_upload(args, &globals.state_dir).await,
     }
 }
 
