@@ -3,7 +3,9 @@
 //! The rules follow Gravity's FSM (see `spec/plan-engine.md`), with these
 //! deliberate differences:
 //! - the move to `in_progress` is a compare-and-swap in the store, so two
-//!   processes racing for one phase cannot both run it;
+//!   processes racing for one phase cannot both run it; a resume re-runs
+//!   in-progress leaves only when they look abandoned (not claimed since
+//!   the resume started, not held by a live process on this host);
 //! - a post-check failure marks the phase failed (Gravity left it in progress);
 //! - an interrupted phase (cancellation, timeout) is marked failed with the
 //!   reason instead of staying in progress;
@@ -247,6 +249,10 @@ impl EngineConfig {
 struct Opts {
     force: bool,
     resume: bool,
+    /// For a resume: the last sequence number when it started. A leaf that
+    /// went in progress after that was claimed by a run that is going on
+    /// now, not left behind by one that died.
+    since: u64,
 }
 
 /// What a run did.
@@ -372,6 +378,7 @@ impl Engine {
                 Opts {
                     force,
                     resume: false,
+                    since: 0,
                 },
             )
             .await;
@@ -380,16 +387,21 @@ impl Engine {
     }
 
     /// Executes the whole plan, re-running failed and in-progress leaves
-    /// (a phase left in progress by a process that died is run again).
+    /// (a phase left in progress by a process that died is run again). A
+    /// leaf that another run is executing now (claimed after this resume
+    /// started, or held by a live process on this host) is not taken over:
+    /// the resume stops with [`EngineError::InProgress`].
     pub async fn resume(&self) -> Result<RunReport, EngineError> {
         self.ensure_active().await?;
         self.refresh().await?;
+        let since = self.view.lock().unwrap().last_seq();
         let r = self
             .exec_phase(
                 0,
                 Opts {
                     force: false,
                     resume: true,
+                    since,
                 },
             )
             .await;
@@ -571,6 +583,18 @@ impl Engine {
         Ok(seq)
     }
 
+    /// Whether the latest change of a leaf was made by another process on
+    /// this host that is still running. (Liveness of other hosts is unknown;
+    /// their in-progress leaves are taken over by a resume, as in Gravity.)
+    fn held_by_live_process(&self, ix: PhaseIx) -> bool {
+        let v = self.view.lock().unwrap();
+        v.actor(ix).is_some_and(|a| {
+            a.host == self.cfg.actor.host
+                && a.pid != self.cfg.actor.pid
+                && std::path::Path::new(&format!("/proc/{}", a.pid)).exists()
+        })
+    }
+
     fn holder(&self, ix: PhaseIx) -> String {
         let v = self.view.lock().unwrap();
         let who = v
@@ -647,7 +671,10 @@ impl Engine {
             self.cfg.progress.event(Event::Skipped { phase: path });
             return Ok(());
         }
-        if state == PhaseState::InProgress && !opts.force && !opts.resume {
+        if state == PhaseState::InProgress
+            && !opts.force
+            && (!opts.resume || version > opts.since || self.held_by_live_process(ix))
+        {
             return Err(EngineError::InProgress {
                 phase: path,
                 by: self.holder(ix),
@@ -720,31 +747,42 @@ impl Engine {
 
     /// Live phases that depend on `ix`: phases that require it or one of
     /// its ancestors, transitively (through anything that depends, started
-    /// or not, and through everything inside a dependent composite), in
-    /// document order. Linear in the size of the plan.
+    /// or not, through everything inside a dependent composite, and through
+    /// phases that require a composite holding a dependent), in document
+    /// order. Linear in the size of the plan times its depth.
     pub fn live_dependents(&self, ix: PhaseIx) -> Vec<PhaseIx> {
         let view = self.view.lock().unwrap();
         let g = &self.graph;
-        let mut seen = vec![false; g.len()];
+        // `walked`: phases whose requirers depend on `ix`: `ix` and its
+        // ancestors, every dependent with its descendants, and the ancestors
+        // of a dependent (a composite completes only after the dependent
+        // inside it, so whoever requires the composite depends on `ix` too).
+        // `found`: dependents, and phases inside one (covered by it).
+        let mut walked = vec![false; g.len()];
+        let mut found = vec![false; g.len()];
         let mut queue: Vec<PhaseIx> = Vec::new();
         for a in std::iter::once(ix).chain(g.ancestors(ix)) {
-            seen[a] = true;
+            walked[a] = true;
             queue.push(a);
         }
         let mut out = Vec::new();
         while let Some(q) = queue.pop() {
             for &d in &g.node(q).required_by {
-                if seen[d] {
+                if found[d] {
                     continue;
                 }
-                seen[d] = true;
                 if view.state(d).is_live() {
                     out.push(d);
                 }
-                queue.push(d);
-                for x in g.descendants(d) {
-                    if !seen[x] {
-                        seen[x] = true;
+                for x in std::iter::once(d).chain(g.descendants(d)) {
+                    found[x] = true;
+                }
+                for x in std::iter::once(d)
+                    .chain(g.descendants(d))
+                    .chain(g.ancestors(d))
+                {
+                    if !walked[x] {
+                        walked[x] = true;
                         queue.push(x);
                     }
                 }

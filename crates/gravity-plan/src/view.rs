@@ -95,7 +95,14 @@ impl PlanView {
         let Some(ix) = self.graph.find(&change.phase) else {
             return;
         };
-        if self.graph.node(ix).is_composite() || ix == 0 || change.seq <= self.slots[ix].version {
+        if self.graph.node(ix).is_composite() || ix == 0 {
+            return;
+        }
+        if change.seq <= self.slots[ix].version {
+            // Superseded for the leaf, but a composite's time is the latest
+            // of every change below it: counting this one too keeps the
+            // result independent of the order changes arrive in.
+            self.raise_updated(ix, change.time);
             return;
         }
         let old = self.state(ix);
@@ -106,6 +113,21 @@ impl PlanView {
         slot.error = change.error.as_deref().map(Arc::from);
         slot.actor = Some(Arc::new(change.actor.clone()));
         self.propagate(ix, old, change.state, change.time);
+    }
+
+    /// Raises the "updated" time of the ancestors of `ix` to `t`. An
+    /// ancestor's time is never older than its children's, so the walk stops
+    /// at the first one that is already as new.
+    fn raise_updated(&mut self, ix: PhaseIx, t: DateTime<Utc>) {
+        let mut cur = self.graph.node(ix).parent;
+        while let Some(p) = cur {
+            let slot = &mut self.slots[p];
+            if slot.updated.is_some_and(|u| u >= t) {
+                break;
+            }
+            slot.updated = Some(t);
+            cur = self.graph.node(p).parent;
+        }
     }
 
     fn propagate(
