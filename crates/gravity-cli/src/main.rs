@@ -3,6 +3,7 @@
 //! Argument parsing and printing only; every command is a few lines over a
 //! library call.
 
+mod cmdlog;
 mod demo;
 mod package_cmd;
 mod plan_cmd;
@@ -102,11 +103,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    cmdlog::init(&state_dir);
+    let argv: Vec<String> = std::env::args().collect();
+    cmdlog::line("command", &argv.join(" "));
+    let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            cmdlog::line("error", &e.to_string());
             eprintln!("[ERROR]: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    let outcome = if code == ExitCode::SUCCESS {
+        "success"
+    } else {
+        "failure"
+    };
+    cmdlog::line("exit", outcome);
+    code
 }

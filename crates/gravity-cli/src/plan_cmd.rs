@@ -221,6 +221,7 @@ fn exit_for(e: &EngineError) -> ExitCode {
 
 fn report_failure(e: EngineError) -> CliResult {
     let code = exit_for(&e);
+    crate::cmdlog::line("error", &e.to_string());
     eprintln!("[ERROR]: {e}");
     Ok(code)
 }

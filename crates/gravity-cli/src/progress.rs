@@ -141,6 +141,7 @@ impl ProgressSink for Console {
                 step(&format!("{phase}: {message}"));
             }
             Event::StateChange { phase, state } => {
+                crate::cmdlog::line("phase", &format!("{phase} {state}"));
                 if self.debug {
                     eprintln!(
                         "{} DEBU [FSM] Apply. change:StateChange(Phase={phase}, State={state})",

@@ -415,3 +415,46 @@ fn whole_rollback_asks_and_dry_run_changes_nothing() {
     let short = env.ok(&["plan", "-o", "short"]);
     assert!(!short.contains('✓'), "{short}");
 }
+
+#[test]
+fn every_command_is_logged_with_its_phase_transitions_and_errors() {
+    let env = Env::new();
+    let plan = env.write("plan.yaml", PLAN);
+    env.create(&plan);
+    env.ok(&["plan", "execute", "--phase", "/a/one"]);
+    env.fails(&["plan", "execute", "--phase", "/nope"]);
+    let log = std::fs::read_to_string(env.state().join("gravity.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" command ") && l.ends_with("plan execute --phase /a/one")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" phase /a/one in_progress")),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with(" phase /a/one completed")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" error phase \"/nope\" not found")),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l.ends_with(" exit failure")), "{log}");
+    // Every line starts with an RFC 3339 UTC time and a pid.
+    for l in &lines {
+        let mut f = l.split(' ');
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(f.next().unwrap()).is_ok(),
+            "{l}"
+        );
+        assert!(f.next().unwrap().parse::<u32>().is_ok(), "{l}");
+    }
+}
