@@ -8,6 +8,7 @@ mod demo;
 mod package_cmd;
 mod plan_cmd;
 mod progress;
+mod report_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,9 @@ enum Command {
     Package(package_cmd::PackageCommand),
     /// Upload a cluster image into the cluster package store.
     Upload(package_cmd::UploadArgs),
+    /// Collect plans, package lists, cluster state and the command log into
+    /// one gzip tarball for a support ticket.
+    Report(report_cmd::ReportArgs),
     /// Run a demo: create an operation from the built-in three-master plan
     /// and run it to the end in a fresh state directory.
     Demo(demo::DemoArgs),
@@ -86,6 +90,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Plan(args) => plan_cmd::plan(args, &globals).await,
         Command::Rollback(args) => plan_cmd::rollback(args, &globals).await,
         Command::Demo(args) => demo::run(args, &globals).await,
+        Command::Report(args) => report_cmd::run(args, &globals).await,
         Command::Package(cmd) => package_cmd::run_package(cmd, &globals.state_dir).await,
         Command::Upload(args) => package_cmd::run_upload(args, &globals.state_dir).await,
     }

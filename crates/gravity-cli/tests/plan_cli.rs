@@ -458,3 +458,52 @@ fn every_command_is_logged_with_its_phase_transitions_and_errors() {
         assert!(f.next().unwrap().parse::<u32>().is_ok(), "{l}");
     }
 }
+
+#[test]
+fn report_collects_plans_packages_and_recent_log() {
+    let env = Env::new();
+    let plan = env.write("plan.yaml", PLAN);
+    let id = env.create(&plan);
+    env.ok(&["plan", "execute", "--phase", "/a/one"]);
+    let blob = env.write("blob", "content");
+    env.ok(&[
+        "package",
+        "import",
+        blob.to_str().unwrap(),
+        "example.com/thing:1.0.0",
+    ]);
+    let file = env.dir.path().join("report.tar.gz");
+    let out = env.ok(&["report", "--file", file.to_str().unwrap(), "--since", "1h"]);
+    assert!(out.starts_with("Report with "), "{out}");
+    let listing = Command::new("tar").arg("tzf").arg(&file).output().unwrap();
+    let names = String::from_utf8(listing.stdout).unwrap();
+    for want in [
+        format!("gravity-report/operations/{id}/plan.txt"),
+        format!("gravity-report/operations/{id}/plan.json"),
+        "gravity-report/packages/node-local.txt".to_string(),
+        "gravity-report/gravity.log".to_string(),
+    ] {
+        assert!(
+            names.lines().any(|l| l == want),
+            "{want} missing from {names}"
+        );
+    }
+    let plan_txt = Command::new("tar")
+        .arg("xzOf")
+        .arg(&file)
+        .arg(format!("gravity-report/operations/{id}/plan.txt"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&plan_txt.stdout).contains("✓ one"));
+    let e = env.fails(&[
+        "report",
+        "--file",
+        file.to_str().unwrap(),
+        "--since",
+        "yesterday",
+    ]);
+    assert!(
+        error_line(&e).contains("invalid duration \"yesterday\""),
+        "{e}"
+    );
+}
