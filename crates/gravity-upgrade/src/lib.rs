@@ -23,11 +23,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod backend;
 pub mod builder;
 pub mod cluster;
 pub mod error;
 pub mod executors;
 pub mod image;
+pub mod phases;
+pub mod sim;
 
 pub use builder::{BuildOptions, EtcdUpgrade, OPERATION_KIND, UpgradePlan, build_plan};
 pub use cluster::{

@@ -1,0 +1,93 @@
+//! `election_status`: enable/disable leader election on masters.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
+
+use super::{Context, boxed, check_server, data, executor_struct, gate, load, save};
+use crate::executors::ElectionData;
+
+executor_struct!(
+    /// `election_status`: sets the election flag of the `disable` masters to
+    /// false and of the `enable` masters to true, then waits until no
+    /// `disable` master is the leader. Rollback restores the previous flags.
+    ElectionStatus
+);
+
+#[async_trait]
+impl PhaseExecutor for ElectionStatus {
+    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        let d: ElectionData = data(ctx)?;
+        check_server(&self.b, ctx, &d.server.hostname, &d.server.advertise_ip)
+            .await
+            .map_err(boxed)
+    }
+
+    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        let d: ElectionData = data(ctx)?;
+        let node = &d.server.hostname;
+        gate(&self.b, ctx, Some(node)).await?;
+        let mut prev: BTreeMap<String, Option<bool>> =
+            load(&self.b, ctx, node).await?.unwrap_or_default();
+        let changes = d
+            .disable
+            .iter()
+            .map(|n| (n, false))
+            .chain(d.enable.iter().map(|n| (n, true)));
+        for (n, value) in changes {
+            let old = self
+                .b
+                .election
+                .set_enabled(&n.hostname, value)
+                .await
+                .ctx(|| format!("setting leader election on {:?} to {value}", n.advertise_ip))?;
+            prev.entry(n.hostname.clone()).or_insert(old);
+            save(&self.b, ctx, node, Some(&prev)).await?;
+        }
+        if d.disable.is_empty() {
+            return Ok(());
+        }
+        for attempt in 0..self.b.timing.poll_attempts.max(1) {
+            let leader = self
+                .b
+                .election
+                .leader()
+                .await
+                .ctx(|| "resolving current leader IP".into())?;
+            match leader {
+                Some(l) if d.disable.iter().any(|n| n.hostname == l) => {
+                    ctx.info(format!("waiting for {l:?} to step down as k8s leader"));
+                    if attempt + 1 < self.b.timing.poll_attempts {
+                        tokio::time::sleep(self.b.timing.poll_interval).await;
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+        let names: Vec<&str> = d.disable.iter().map(|n| n.hostname.as_str()).collect();
+        Err(format!(
+            "timed out waiting for {} to step down as k8s leader; check the election flags and the kubelet on those nodes",
+            names.join(", ")
+        )
+        .into())
+    }
+
+    async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        let d: ElectionData = data(ctx)?;
+        let node = &d.server.hostname;
+        let Some(prev) = load::<BTreeMap<String, Option<bool>>>(&self.b, ctx, node).await? else {
+            return Ok(());
+        };
+        for (n, v) in prev {
+            let v = v.unwrap_or(true);
+            self.b
+                .election
+                .set_enabled(&n, v)
+                .await
+                .ctx(|| format!("setting leader election on {n:?} to {v}"))?;
+        }
+        save::<()>(&self.b, ctx, node, None).await?;
+        Ok(())
+    }
+}

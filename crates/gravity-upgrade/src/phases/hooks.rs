@@ -1,0 +1,111 @@
+//! `pre_update` and `update_app`: application hooks and versions.
+
+use async_trait::async_trait;
+use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
+
+use super::{Context, boxed, check_master, data, executor_struct, gate};
+use crate::backend::Hook;
+use crate::executors::AppData;
+
+executor_struct!(
+    /// `pre_update`: runs the new application's `preUpdate` hook if it has
+    /// one. Rollback: nothing (Gravity's too).
+    PreUpdate
+);
+executor_struct!(
+    /// `update_app`: runs the `update` and `postUpdate` hooks (resources
+    /// only for `rbac-app`) and records the new version. Rollback runs the
+    /// `rollback` and `postRollback` hooks and records the previous version
+    /// again, if the installed version is the one this phase set.
+    UpdateApp
+);
+
+#[async_trait]
+impl PhaseExecutor for PreUpdate {
+    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        check_master(&self.b, ctx).await.map_err(boxed)
+    }
+
+    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        let d: AppData = data(ctx)?;
+        gate(&self.b, ctx, None).await?;
+        let out = self
+            .b
+            .kube
+            .run_hook(&d.package, Hook::PreUpdate)
+            .await
+            .ctx(|| format!("{}(preUpdate) hook failed", d.package))?;
+        for l in out.logs {
+            ctx.info(l);
+        }
+        Ok(())
+    }
+
+    async fn rollback(&self, _ctx: &PhaseContext) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PhaseExecutor for UpdateApp {
+    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        check_master(&self.b, ctx).await.map_err(boxed)
+    }
+
+    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        let d: AppData = data(ctx)?;
+        gate(&self.b, ctx, None).await?;
+        let p = &d.package;
+        if p.name() != "rbac-app" {
+            for h in [Hook::Update, Hook::PostUpdate] {
+                let out = self
+                    .b
+                    .kube
+                    .run_hook(p, h)
+                    .await
+                    .ctx(|| format!("{p}({}) hook failed", h.as_str()))?;
+                for l in out.logs {
+                    ctx.info(l);
+                }
+            }
+        } else {
+            ctx.info(format!("updating resources of {p}"));
+        }
+        self.b
+            .kube
+            .set_application(p.repository(), p.name(), Some(p))
+            .await
+            .ctx(|| format!("failed to record application {p}"))?;
+        Ok(())
+    }
+
+    async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
+        let d: AppData = data(ctx)?;
+        let p = &d.package;
+        let current = self
+            .b
+            .kube
+            .application(p.repository(), p.name())
+            .await
+            .ctx(|| format!("failed to read application {p}"))?;
+        if current.as_ref() != Some(p) {
+            ctx.info(format!("{p} is not installed; nothing to roll back"));
+            return Ok(());
+        }
+        if p.name() != "rbac-app" {
+            for h in [Hook::Rollback, Hook::PostRollback] {
+                self.b
+                    .kube
+                    .run_hook(p, h)
+                    .await
+                    .ctx(|| format!("{p}({}) hook failed", h.as_str()))?;
+            }
+        }
+        self.b
+            .kube
+            .set_application(p.repository(), p.name(), d.installed_package.as_ref())
+            .await
+            .ctx(|| format!("failed to restore application {}", p.name()))?;
+        Ok(())
+    }
+}
