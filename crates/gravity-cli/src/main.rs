@@ -3,6 +3,7 @@
 //! Argument parsing and printing only; every command is a few lines over a
 //! library call.
 
+mod cluster_cmd;
 mod cmdlog;
 mod demo;
 mod package_cmd;
@@ -46,6 +47,18 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Roll back the whole active operation (started phases, newest first).
     Rollback(plan_cmd::RollbackArgs),
+    /// Create, inspect and break the simulated cluster.
+    #[command(subcommand)]
+    Sim(cluster_cmd::SimCommand),
+    /// Start an upgrade to the uploaded cluster image.
+    Upgrade(cluster_cmd::UpgradeArgs),
+    /// Show the cluster status (or its history).
+    Status(cluster_cmd::StatusArgs),
+    /// Force the cluster state back to active.
+    StatusReset(cluster_cmd::StatusResetArgs),
+    /// Deploy or shut down the upgrade agents.
+    #[command(subcommand)]
+    Agent(cluster_cmd::AgentCommand),
     /// Inspect and manage package stores.
     #[command(subcommand)]
     Package(package_cmd::PackageCommand),
@@ -90,6 +103,11 @@ async fn run(cli: Cli) -> CliResult {
         Command::Plan(args) => plan_cmd::plan(args, &globals).await,
         Command::Rollback(args) => plan_cmd::rollback(args, &globals).await,
         Command::Demo(args) => demo::run(args, &globals).await,
+        Command::Sim(cmd) => cluster_cmd::sim(cmd, &globals).await,
+        Command::Upgrade(args) => cluster_cmd::upgrade(args, &globals).await,
+        Command::Status(args) => cluster_cmd::status(args, &globals).await,
+        Command::StatusReset(args) => cluster_cmd::status_reset(args, &globals).await,
+        Command::Agent(cmd) => cluster_cmd::agent(cmd, &globals).await,
         Command::Report(args) => report_cmd::run(args, &globals).await,
         Command::Package(cmd) => package_cmd::run_package(cmd, &globals.state_dir).await,
         Command::Upload(args) => package_cmd::run_upload(args, &globals.state_dir).await,

@@ -169,7 +169,7 @@ fn registry() -> ExecutorRegistry {
 
 /// Cancelled on Ctrl-C / SIGTERM, so a phase ends as failed ("interrupted")
 /// rather than stuck in progress.
-fn interrupt_token() -> CancellationToken {
+pub fn interrupt_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -200,7 +200,13 @@ async fn open_engine(
     let console = Console::new(globals.debug);
     console.start_heartbeat();
     let cancel = interrupt_token();
-    let cfg = EngineConfig::new(registry())
+    // On a cluster, the upgrade's phase kinds and agent dispatch; else the
+    // built-in kinds, run locally.
+    let mut cfg = EngineConfig::new(registry());
+    if let Ok(site) = gravity_upgrade::operation::Site::open(&globals.state_dir) {
+        cfg = EngineConfig::new(site.registry()?).dispatcher(site.dispatcher()?);
+    }
+    let cfg = cfg
         .progress(console)
         .cancel(cancel.clone())
         .phase_timeout(timeout);
@@ -484,7 +490,11 @@ pub async fn plan(args: PlanArgs, globals: &Globals) -> CliResult {
             let (engine, _cancel) =
                 open_engine(globals, target.operation_id.as_deref(), None).await?;
             match engine.complete().await {
-                Ok(_) => Ok(ExitCode::SUCCESS),
+                Ok(state) => {
+                    crate::cluster_cmd::after_complete(globals, &engine.operation().id, state)
+                        .await?;
+                    Ok(ExitCode::SUCCESS)
+                }
                 Err(EngineError::OperationFinished { id, state }) => Err(format!(
                     "no active operation found: operation {id} is already {state}"
                 )
@@ -544,6 +554,7 @@ pub async fn rollback(args: RollbackArgs, globals: &Globals) -> CliResult {
         return report_failure(e);
     }
     let state = engine.complete().await?;
+    crate::cluster_cmd::after_complete(globals, &op.id, state).await?;
     step(&format!("Operation {} is {state}", op.id));
     Ok(ExitCode::SUCCESS)
 }

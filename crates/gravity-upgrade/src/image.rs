@@ -237,6 +237,25 @@ impl ClusterImage {
     }
 }
 
+/// First line of an application package manifest that describes a cluster
+/// image in this project's format; the JSON of a [`ClusterImage`] follows.
+pub const IMAGE_MANIFEST_HEADER: &str = "# gravity-rs cluster image v1";
+
+/// The manifest written into an upgrade image's application package:
+/// [`IMAGE_MANIFEST_HEADER`], a newline, then the image as JSON.
+pub fn image_manifest(image: &ClusterImage) -> String {
+    format!(
+        "{IMAGE_MANIFEST_HEADER}\n{}",
+        serde_json::to_string_pretty(image).expect("serializable")
+    )
+}
+
+/// Reads a manifest written by [`image_manifest`]; `None` if it is not one.
+pub fn parse_image_manifest(text: &str) -> Option<ClusterImage> {
+    let body = text.strip_prefix(IMAGE_MANIFEST_HEADER)?;
+    serde_json::from_str(body.trim_start()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

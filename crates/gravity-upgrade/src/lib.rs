@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod error;
 pub mod executors;
 pub mod image;
+pub mod operation;
 pub mod phases;
 pub mod sim;
 

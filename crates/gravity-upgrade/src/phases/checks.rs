@@ -3,6 +3,7 @@
 //! Kubernetes, enough free disk, a writable temp dir, DNS configuration,
 //! and clocks within [`crate::backend::Timing::max_clock_drift`].
 
+use crate::backend::Backends;
 use async_trait::async_trait;
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 
@@ -31,80 +32,9 @@ impl PhaseExecutor for Checks {
                 d.installed_package.to_string()
             ))));
         }
-        let b = &self.b;
-        let nodes = b
-            .kube
-            .nodes()
-            .await
-            .ctx(|| "failed to list the cluster nodes".into())?;
-        let mut failed: Vec<String> = Vec::new();
-        let mut clocks = Vec::new();
-        for n in &nodes {
-            let h = &n.name;
-            if let Err(e) = b.nodes.ping(h).await {
-                failed.push(format!("node {h} is unreachable ({e})"));
-                continue;
-            }
-            match b.nodes.agent_running(h).await {
-                Ok(true) => {}
-                Ok(false) => failed.push(format!(
-                    "no agent is running on node {h} (start the agents with \"gravity agent deploy\")"
-                )),
-                Err(e) => failed.push(format!("failed to query the agent on node {h} ({e})")),
-            }
-            if !n.ready {
-                failed.push(format!("node {h} is not ready (cluster is degraded)"));
-            }
-            match b.nodes.disk_space(h, STATE_DIR).await {
-                Ok(s) if s.free < b.timing.min_free_disk => failed.push(format!(
-                    "node {h} has {} free on {STATE_DIR}, which is less than the required {} (failed to validate disk requirements)",
-                    gravity_pack::human_size(s.free),
-                    gravity_pack::human_size(b.timing.min_free_disk)
-                )),
-                Ok(_) => {}
-                Err(e) => failed.push(format!("failed to query disk space on node {h} ({e})")),
-            }
-            if let Err(e) = b.nodes.check_temp_dir(h).await {
-                failed.push(format!(
-                    "{e} (failed to validate temporary directory on node {h})"
-                ));
-            }
-            match b.nodes.dns_config(h).await {
-                Ok(Some(_)) => {}
-                Ok(None) => failed.push(format!(
-                    "node {h} has no DNS configuration (failed to validate DNS configuration; restore the node's cluster DNS settings)"
-                )),
-                Err(e) => failed.push(format!("failed to query DNS configuration on node {h} ({e})")),
-            }
-            match b.nodes.clock(h).await {
-                Ok(t) => clocks.push((h.clone(), t, std::time::Instant::now())),
-                Err(e) => failed.push(format!("failed to query the clock of node {h} ({e})")),
-            }
-        }
-        // Each reading is moved to a common instant (Gravity: reported
-        // time + time since the heartbeat).
-        let now = std::time::Instant::now();
-        let clocks: Vec<(String, chrono::DateTime<chrono::Utc>)> = clocks
-            .into_iter()
-            .map(|(h, t, at)| {
-                let since = chrono::Duration::from_std(now - at).unwrap_or_default();
-                (h, t + since)
-            })
-            .collect();
-        if let Some((first, t0)) = clocks.first().cloned() {
-            let max = chrono::Duration::from_std(b.timing.max_clock_drift).unwrap_or_default();
-            for (h, t) in &clocks[1..] {
-                if (*t - t0).abs() > max {
-                    failed.push(format!(
-                        "servers {first:?} and {h:?} clocks are out of sync: {} and {} respectively, sync the times on servers before install, e.g. using ntp (failed to validate time drift requirement)",
-                        t0.format("%H:%M:%S%.3f"),
-                        t.format("%H:%M:%S%.3f")
-                    ));
-                }
-            }
-        }
+        let (failed, count) = preflight(&self.b, true).await?;
         if failed.is_empty() {
-            ctx.info(format!("all checks passed on {} nodes", nodes.len()));
+            ctx.info(format!("all checks passed on {count} nodes"));
             return Ok(());
         }
         let text: String = failed.iter().map(|f| format!("\t[×] {f}\n")).collect();
@@ -114,4 +44,90 @@ impl PhaseExecutor for Checks {
     async fn rollback(&self, _ctx: &PhaseContext) -> Result<(), ExecError> {
         Ok(())
     }
+}
+
+/// Runs the preflight checks on every node (reachable, agent running,
+/// ready, free disk, temporary directory writable, DNS configuration,
+/// clocks within the allowed drift) and returns one line per failure, each
+/// naming the node and the check, with the number of nodes checked.
+/// Before an upgrade starts the agents are not deployed yet, so
+/// `require_agents` is false there (reachability is what makes them
+/// deployable); the `/checks` phase requires them.
+pub async fn preflight(
+    b: &Backends,
+    require_agents: bool,
+) -> Result<(Vec<String>, usize), ExecError> {
+    let nodes = b
+        .kube
+        .nodes()
+        .await
+        .ctx(|| "failed to list the cluster nodes".into())?;
+    let mut failed: Vec<String> = Vec::new();
+    let mut clocks = Vec::new();
+    for n in &nodes {
+        let h = &n.name;
+        if let Err(e) = b.nodes.ping(h).await {
+            failed.push(format!("node {h} is unreachable ({e})"));
+            continue;
+        }
+        match b.nodes.agent_running(h).await {
+            _ if !require_agents => {}
+            Ok(true) => {}
+            Ok(false) => failed.push(format!(
+                "no agent is running on node {h} (start the agents with \"gravity agent deploy\")"
+            )),
+            Err(e) => failed.push(format!("failed to query the agent on node {h} ({e})")),
+        }
+        if !n.ready {
+            failed.push(format!("node {h} is not ready (cluster is degraded)"));
+        }
+        match b.nodes.disk_space(h, STATE_DIR).await {
+                Ok(s) if s.free < b.timing.min_free_disk => failed.push(format!(
+                    "node {h} has {} free on {STATE_DIR}, which is less than the required {} (failed to validate disk requirements)",
+                    gravity_pack::human_size(s.free),
+                    gravity_pack::human_size(b.timing.min_free_disk)
+                )),
+                Ok(_) => {}
+                Err(e) => failed.push(format!("failed to query disk space on node {h} ({e})")),
+            }
+        if let Err(e) = b.nodes.check_temp_dir(h).await {
+            failed.push(format!(
+                "{e} (failed to validate temporary directory on node {h})"
+            ));
+        }
+        match b.nodes.dns_config(h).await {
+                Ok(Some(_)) => {}
+                Ok(None) => failed.push(format!(
+                    "node {h} has no DNS configuration (failed to validate DNS configuration; restore the node's cluster DNS settings)"
+                )),
+                Err(e) => failed.push(format!("failed to query DNS configuration on node {h} ({e})")),
+            }
+        match b.nodes.clock(h).await {
+            Ok(t) => clocks.push((h.clone(), t, std::time::Instant::now())),
+            Err(e) => failed.push(format!("failed to query the clock of node {h} ({e})")),
+        }
+    }
+    // Each reading is moved to a common instant (Gravity: reported
+    // time + time since the heartbeat).
+    let now = std::time::Instant::now();
+    let clocks: Vec<(String, chrono::DateTime<chrono::Utc>)> = clocks
+        .into_iter()
+        .map(|(h, t, at)| {
+            let since = chrono::Duration::from_std(now - at).unwrap_or_default();
+            (h, t + since)
+        })
+        .collect();
+    if let Some((first, t0)) = clocks.first().cloned() {
+        let max = chrono::Duration::from_std(b.timing.max_clock_drift).unwrap_or_default();
+        for (h, t) in &clocks[1..] {
+            if (*t - t0).abs() > max {
+                failed.push(format!(
+                        "servers {first:?} and {h:?} clocks are out of sync: {} and {} respectively, sync the times on servers before install, e.g. using ntp (failed to validate time drift requirement)",
+                        t0.format("%H:%M:%S%.3f"),
+                        t.format("%H:%M:%S%.3f")
+                    ));
+            }
+        }
+    }
+    Ok((failed, nodes.len()))
 }

@@ -126,13 +126,14 @@ fn create(
     l: &Locator,
     ty: PackageType,
     labels: Labels,
+    manifest: Option<String>,
 ) -> Result<(), PackError> {
     let opts = PackageOptions {
         labels,
         package_type: ty,
-        manifest: ty
+        manifest: manifest.or_else(|| ty
             .is_application()
-            .then(|| format!("apiVersion: bundle.gravitational.io/v2\nkind: Bundle\nmetadata:\n  name: {}\n  resourceVersion: {}\n", l.name(), l.version())),
+            .then(|| format!("apiVersion: bundle.gravitational.io/v2\nkind: Bundle\nmetadata:\n  name: {}\n  resourceVersion: {}\n", l.name(), l.version()))),
         created: None,
     };
     store.upsert(l, &mut content(l).as_slice(), opts)?;
@@ -147,7 +148,8 @@ pub(crate) fn populate(stores: &PackageStores, cluster: &Cluster) -> BackendResu
     let mut everything: Vec<(Locator, Labels)> = Vec::new();
     stores.with(&StoreSelector::Cluster, |cs| {
         for (l, ty, labels) in seed_image_packages(inst) {
-            create(cs, &l, ty, labels)?;
+            let manifest = (l == inst.app).then(|| crate::image::image_manifest(inst));
+            create(cs, &l, ty, labels, manifest)?;
         }
         let rpc = loc("gravitational.io", "rpcagent-secrets", "0.0.1")?;
         create(
@@ -155,19 +157,20 @@ pub(crate) fn populate(stores: &PackageStores, cluster: &Cluster) -> BackendResu
             &rpc,
             PackageType::Plain,
             Labels::from_pairs([("purpose", "rpc-secrets")]),
+            None,
         )?;
         let ca = loc(c, "cert-authority", "0.0.1")?;
         let ca_labels = Labels::from_pairs([("operation-id", op.as_str()), ("purpose", "ca")]);
-        create(cs, &ca, PackageType::Plain, ca_labels.clone())?;
+        create(cs, &ca, PackageType::Plain, ca_labels.clone(), None)?;
         everything.push((ca, ca_labels));
         let export = loc(c, "site-export", "0.0.1")?;
         let export_labels =
             Labels::from_pairs([("operation-id", op.as_str()), ("purpose", "export")]);
-        create(cs, &export, PackageType::Plain, export_labels.clone())?;
+        create(cs, &export, PackageType::Plain, export_labels.clone(), None)?;
         everything.push((export, export_labels));
         for n in &cluster.nodes {
             for (l, labels) in node_packages(cluster, n)? {
-                create(cs, &l, PackageType::Plain, labels)?;
+                create(cs, &l, PackageType::Plain, labels, None)?;
             }
         }
         Ok(())
@@ -219,7 +222,10 @@ pub(crate) fn write_image(scratch: &Path, image: &ClusterImage, path: &Path) -> 
     let store = LocalStore::open(scratch)?;
     let mut locs = Vec::new();
     for (l, ty, labels) in seed_image_packages(image) {
-        create(&store, &l, ty, labels)?;
+        // The application package carries the image description, so that
+        // the upgrade can be planned from what was uploaded.
+        let manifest = (l == image.app).then(|| crate::image::image_manifest(image));
+        create(&store, &l, ty, labels, manifest)?;
         locs.push(l);
     }
     let spec = ImageSpec {
