@@ -76,7 +76,7 @@ impl Console {
     pub fn start_heartbeat(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
                 let Some(me) = weak.upgrade() else { return };

@@ -349,7 +349,7 @@ fn still_executing_heartbeat_every_ten_seconds() {
     let env = Env::new();
     let plan = env.write(
         "slow.yaml",
-        "phases:\n  - {id: slow, description: Slow, executor: command, data: {command: \"sleep 10.6\"}}\n",
+        "phases:\n  - {id: slow, description: Slow, executor: command, data: {command: \"sleep 11.5\"}}\n",
     );
     env.create(&plan);
     let out = env.ok(&["plan", "execute", "--phase", "/slow"]);
@@ -358,7 +358,7 @@ fn still_executing_heartbeat_every_ten_seconds() {
         "{out}"
     );
     assert!(
-        out.contains("Executing phase \"/slow\" finished in 10 seconds"),
+        out.contains("Executing phase \"/slow\" finished in 11 seconds"),
         "{out}"
     );
 }
