@@ -82,7 +82,7 @@ pub struct UpgradeArgs {
 }
 
 /// `gravity status [history]`
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct StatusArgs {
     #[command(subcommand)]
     command: Option<StatusCommand>,
@@ -92,6 +92,17 @@ pub struct StatusArgs {
 enum StatusCommand {
     /// The cluster's health and operation events, oldest first.
     History,
+}
+
+impl UpgradeArgs {
+    /// An automatic upgrade with `parallel_workers` workers at once.
+    pub fn automatic(parallel_workers: usize) -> Self {
+        UpgradeArgs {
+            manual: false,
+            force: false,
+            parallel_workers,
+        }
+    }
 }
 
 /// `gravity status-reset`

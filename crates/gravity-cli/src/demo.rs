@@ -1,71 +1,59 @@
-//! `gravity demo`: the built-in three-master upgrade plan, run end to end.
+//! `gravity demo`: the seed's upgrade, end to end, on a fresh simulated
+//! cluster: create the cluster, upload the upgrade image, run the
+//! automatic upgrade with progress, print the status.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
+use chrono::Utc;
 use clap::Args;
-use gravity_plan::{
-    Actor, Engine, EngineConfig, ExecutorRegistry, FileStore, PhasePath, PlanDefinition, PlanGraph,
-    PlanStore, render,
-};
 
-use crate::progress::{Console, humanize, step};
+use crate::cluster_cmd::{self, SimCommand, StatusArgs, UpgradeArgs};
+use crate::package_cmd::{self, UploadArgs};
 use crate::{CliResult, Globals};
-
-/// The seed's three-master upgrade plan as a runbook of short commands.
-const PLAN: &str = include_str!("../../../examples/plans/three-master-upgrade.yaml");
 
 /// `gravity demo`
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Upgrade this many workers too (in parallel batches of 4).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
 
-/// Creates a fresh operation in `<state-dir>/demos/<id>`, shows the plan,
-/// executes `/init` on its own as in the seed, resumes the rest, shows the
-/// plan again and completes the operation.
-pub async fn run(_args: DemoArgs, globals: &Globals) -> CliResult {
-    let plan = PlanDefinition::from_str_named(PLAN, "three-master-upgrade.yaml", false)?
-        .into_plan("three-master-upgrade.yaml")?;
-    PlanGraph::build(plan.clone())?;
-    let dir = globals.state_dir.join("demos").join(&plan.operation_id);
-    let store: Arc<dyn PlanStore> = Arc::new(FileStore::open(dir.join("plan"))?);
-    store
-        .claim_lock(&plan.operation_id, &Actor::current())
-        .await?;
-    store.create_operation(&plan).await?;
-    step(&format!(
-        "Created operation {} from the built-in three-master upgrade plan in {}",
-        plan.operation_id,
-        dir.display()
-    ));
-    let console = Console::new(globals.debug);
-    console.start_heartbeat();
-    let engine = Engine::open(
-        store.clone(),
-        &plan.operation_id,
-        EngineConfig::new(ExecutorRegistry::with_builtins()).progress(console),
+/// Runs the demo in `<state-dir>/demo-<time>`, a directory of its own, so
+/// it can be run again and looked at afterwards.
+pub async fn run(args: DemoArgs, globals: &Globals) -> CliResult {
+    let dir = globals
+        .state_dir
+        .join(format!("demo-{}", Utc::now().format("%Y%m%d-%H%M%S%.3f")));
+    let g = Globals {
+        state_dir: dir.clone(),
+        debug: globals.debug,
+    };
+    crate::cmdlog::init(&dir);
+    let image = dir.join("telekube-5.5.50-dev.9.tar");
+    println!("== gravity sim init");
+    cluster_cmd::sim(
+        SimCommand::Init {
+            masters: None,
+            workers: args.workers,
+            name: None,
+            image: image.clone(),
+        },
+        &g,
     )
     .await?;
-    print!("{}", render::text(&engine.view()));
-    let started = Instant::now();
-    let init = PhasePath::parse("/init")?;
-    engine.execute(&init, false).await?;
-    step(&format!(
-        "Executing phase \"/init\" finished in {}",
-        humanize(started.elapsed())
-    ));
-    let started = Instant::now();
-    engine.resume().await?;
-    step(&format!(
-        "Executing operation plan finished in {}",
-        humanize(started.elapsed())
-    ));
-    print!("{}", render::text(&engine.view()));
-    let state = engine.complete().await?;
-    step(&format!("Operation {} is {state}", plan.operation_id));
+    println!("\n== gravity upload {}", image.display());
+    package_cmd::run_upload(UploadArgs { image }, &dir).await?;
+    println!("\n== gravity upgrade");
+    let code = cluster_cmd::upgrade(UpgradeArgs::automatic(4), &g).await?;
+    println!("\n== gravity status");
+    cluster_cmd::status(StatusArgs::default(), &g).await?;
     println!(
-        "\nLook around with: gravity --state-dir {} plan   (or: operation list, plan -o dot)",
+        "\nThe demo cluster lives in {0}; look around with\n  gravity --state-dir {0} plan\n  gravity --state-dir {0} sim inspect\n  gravity --state-dir {0} package list",
         dir.display()
     );
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
     Ok(ExitCode::SUCCESS)
 }
