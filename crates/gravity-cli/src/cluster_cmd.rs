@@ -308,9 +308,16 @@ fn ago(t: DateTime<Utc>) -> String {
 
 /// `gravity status [history]`
 pub async fn status(args: StatusArgs, globals: &Globals) -> CliResult {
-    if let Some(StatusCommand::History) = args.command {
-        return history(globals);
-    }
+    let text = match args.command {
+        Some(StatusCommand::History) => history_text(globals),
+        None => status_text(globals).await?,
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `gravity status` text.
+pub async fn status_text(globals: &Globals) -> Result<String, crate::CliError> {
     let site = site(globals)?;
     let c = site.sim().cluster()?;
     let snap = site.sim().inspect()?;
@@ -403,12 +410,12 @@ pub async fn status(args: StatusArgs, globals: &Globals) -> CliResult {
             ));
         }
     }
-    std::io::stdout().lock().write_all(out.as_bytes())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
 
 /// Health and operation events from the command log, oldest first.
-fn history(globals: &Globals) -> CliResult {
+pub fn history_text(globals: &Globals) -> String {
+    let mut out = String::new();
     let text = std::fs::read_to_string(globals.state_dir.join("gravity.log")).unwrap_or_default();
     let mut any = false;
     for line in text.lines() {
@@ -427,15 +434,15 @@ fn history(globals: &Globals) -> CliResult {
             _ => continue,
         };
         any = true;
-        println!(
-            "{}\t{text}",
+        out.push_str(&format!(
+            "{}\t{text}\n",
             gravity_plan::render::format_time_seconds(t.to_utc())
-        );
+        ));
     }
     if !any {
-        println!("No status history available to display.");
+        out.push_str("No status history available to display.\n");
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 /// `gravity status-reset`

@@ -13,10 +13,11 @@ use std::sync::{Mutex, OnceLock};
 
 use chrono::{SecondsFormat, Utc};
 
-static LOG: OnceLock<Mutex<File>> = OnceLock::new();
+static LOG: OnceLock<Mutex<Option<File>>> = OnceLock::new();
 
-/// Opens the log in `state_dir` (creating the directory). Failing to open
-/// it never stops a command: the log is diagnostics, not state.
+/// Opens the log in `state_dir` (creating the directory), replacing the
+/// one open before. Failing to open it never stops a command: the log is
+/// diagnostics, not state.
 pub fn init(state_dir: &Path) {
     if std::fs::create_dir_all(state_dir).is_err() {
         return;
@@ -25,8 +26,9 @@ pub fn init(state_dir: &Path) {
         .create(true)
         .append(true)
         .open(state_dir.join("gravity.log"))
+        && let Ok(mut slot) = LOG.get_or_init(|| Mutex::new(None)).lock()
     {
-        let _ = LOG.set(Mutex::new(f));
+        *slot = Some(f);
     }
 }
 
@@ -40,7 +42,9 @@ pub fn line(kind: &str, text: &str) {
         std::process::id(),
         text.replace('\n', "\\n")
     );
-    if let Ok(mut f) = log.lock() {
+    if let Ok(mut guard) = log.lock()
+        && let Some(f) = guard.as_mut()
+    {
         // One write per line: O_APPEND keeps lines of concurrent
         // processes whole.
         let _ = f.write_all(entry.as_bytes());

@@ -139,6 +139,13 @@ pub async fn run(args: ReportArgs, globals: &Globals) -> CliResult {
             r.add(rel, &body)?;
         }
     }
+    if let Ok(status) = crate::cluster_cmd::status_text(globals).await {
+        r.add("status.txt", status.as_bytes())?;
+        r.add(
+            "status-history.txt",
+            crate::cluster_cmd::history_text(globals).as_bytes(),
+        )?;
+    }
     r.add("gravity.log", log_since(state, cutoff).as_bytes())?;
 
     let files = r.files;
