@@ -132,6 +132,13 @@ fn main() -> ExitCode {
     cmdlog::line("command", &argv.join(" "));
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
+        // A reader that went away (`gravity plan | head`) is not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             cmdlog::line("error", &e.to_string());
             eprintln!("[ERROR]: {e}");

@@ -158,7 +158,7 @@ pub async fn select_operation(
             other => other.into(),
         }),
         None => store.operations().await?.into_iter().next().ok_or_else(|| {
-            "no operation found; create one with \"gravity operation create --plan FILE\"".into()
+            "no operation found; start an upgrade with \"gravity upgrade\" or create an operation from a plan file with \"gravity operation create --plan FILE\"".into()
         }),
     }
 }

@@ -96,7 +96,7 @@ fn no_operation_and_unknown_operation() {
     let e = env.fails(&["plan"]);
     assert_eq!(
         error_line(&e),
-        "[ERROR]: no operation found; create one with \"gravity operation create --plan FILE\""
+        "[ERROR]: no operation found; start an upgrade with \"gravity upgrade\" or create an operation from a plan file with \"gravity operation create --plan FILE\""
     );
     let e = env.fails(&["plan", "--operation-id", "nope"]);
     assert!(

@@ -305,7 +305,8 @@ impl Site {
     /// Records the end of an update operation in the cluster: the cluster
     /// becomes `active` (as `gravity plan complete` did in Gravity), the
     /// operation completed or failed (rolled back if every started phase
-    /// was), and on success the target becomes the installed image.
+    /// was), on success the target becomes the installed image, and the
+    /// agents are shut down.
     /// Operations that are not upgrades of this cluster are left alone.
     pub async fn finish(
         &self,
@@ -338,7 +339,9 @@ impl Site {
         op.rolled_back = rolled_back;
         cluster.state = ClusterState::Active;
         self.sim.set_cluster(cluster)?;
-        if state == OperationState::Completed {
+        // The operation is over either way: its agents go (a rolled-back
+        // cluster must be as before the upgrade, which had none running).
+        if state != OperationState::InProgress {
             self.shutdown_agents().await;
         }
         Ok(())
