@@ -170,13 +170,14 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
         }
         SimCommand::Inspect { output } => {
             let snap = site(globals)?.sim().inspect()?;
-            match output.as_str() {
-                "json" => println!("{}", serde_json::to_string_pretty(&snap)?),
-                "text" => print!("{}", snap.render_text()),
+            let text = match output.as_str() {
+                "json" => serde_json::to_string_pretty(&snap)? + "\n",
+                "text" => snap.render_text(),
                 other => {
                     return Err(format!("unknown output format {other:?}; use text or json").into());
                 }
-            }
+            };
+            std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         SimCommand::Fault { kind, node, phase } => {
