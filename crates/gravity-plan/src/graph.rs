@@ -122,12 +122,40 @@ fn list(paths: &[PhasePath]) -> String {
     s
 }
 
+/// The hasher of the path index: foldhash is several times faster than
+/// SipHash on short keys and still seeded per process.
+type PathHasher = foldhash::fast::RandomState;
+
+fn count_phases(phases: &[Phase]) -> usize {
+    let mut n = 0;
+    let mut stack: Vec<&[Phase]> = vec![phases];
+    while let Some(list) = stack.pop() {
+        n += list.len();
+        for p in list {
+            if !p.phases.is_empty() {
+                stack.push(&p.phases);
+            }
+        }
+    }
+    n
+}
+
+/// Whether `child` is `parent` plus exactly one segment (no allocation).
+fn is_child_path(parent: &str, child: &str) -> bool {
+    let rest = if parent == "/" {
+        child.strip_prefix('/')
+    } else {
+        child.strip_prefix(parent).and_then(|r| r.strip_prefix('/'))
+    };
+    rest.is_some_and(|r| !r.is_empty() && !r.contains('/'))
+}
+
 /// A plan indexed into a DAG. Built once, immutable, shared by reference.
 #[derive(Debug)]
 pub struct PlanGraph {
     header: Plan,
     nodes: Vec<PhaseNode>,
-    index: HashMap<PhasePath, PhaseIx>,
+    index: HashMap<PhasePath, PhaseIx, PathHasher>,
     leaves: Vec<PhaseIx>,
     dag: DiGraph<(), EdgeKind, u32>,
 }
@@ -140,8 +168,12 @@ impl PlanGraph {
         let top = std::mem::take(&mut plan.phases);
         let mut root = Phase::new(PhasePath::root(), "");
         root.phases = top;
-        let mut nodes: Vec<PhaseNode> = Vec::new();
-        let mut index: HashMap<PhasePath, PhaseIx> = HashMap::new();
+        // Sized up front: growing vectors and maps of 100k+ entries would
+        // copy them again and again.
+        let total = 1 + count_phases(&root.phases);
+        let mut nodes: Vec<PhaseNode> = Vec::with_capacity(total);
+        let mut index: HashMap<PhasePath, PhaseIx, PathHasher> =
+            HashMap::with_capacity_and_hasher(total, PathHasher::default());
         // Iterative pre-order flattening (no recursion: hostile depth is
         // bounded by the plan parser, but programmatic plans are not).
         let mut stack: Vec<(Phase, Option<PhaseIx>, u32)> = vec![(root, None, 0)];
@@ -149,7 +181,7 @@ impl PlanGraph {
             let ix = nodes.len();
             if let Some(p) = parent {
                 let parent_path = &nodes[p].phase.id;
-                if phase.id.parent().as_ref() != Some(parent_path) {
+                if !is_child_path(parent_path.as_str(), phase.id.as_str()) {
                     return Err(GraphError::Misplaced {
                         parent: parent_path.clone(),
                         child: phase.id.clone(),
@@ -184,8 +216,8 @@ impl PlanGraph {
         }
         // Requirements.
         for ix in 0..nodes.len() {
-            let reqs = nodes[ix].phase.requires.clone();
-            for target in reqs {
+            for r in 0..nodes[ix].phase.requires.len() {
+                let target = nodes[ix].phase.requires[r].clone();
                 let Some(&t) = index.get(&target) else {
                     return Err(GraphError::UnknownRequirement {
                         phase: nodes[ix].phase.id.clone(),
