@@ -387,6 +387,16 @@ pub async fn status_text(globals: &Globals) -> Result<String, crate::CliError> {
             ));
         }
     }
+    // Gravity's gateway and management endpoints live on the masters.
+    let masters: Vec<_> = c.nodes.iter().filter(|n| n.is_master()).collect();
+    out.push_str("Cluster endpoints:\n    * Authentication gateway:\n");
+    for n in &masters {
+        out.push_str(&format!("        - {}:32009\n", n.advertise_ip));
+    }
+    out.push_str("    * Cluster management URL:\n");
+    for n in &masters {
+        out.push_str(&format!("        - https://{}:32009\n", n.advertise_ip));
+    }
     out.push_str("Cluster nodes:\n");
     for (title, master) in [("Masters", true), ("Nodes", false)] {
         let nodes: Vec<_> = c.nodes.iter().filter(|n| n.is_master() == master).collect();

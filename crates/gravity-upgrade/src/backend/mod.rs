@@ -59,7 +59,7 @@ pub enum BackendError {
     },
     /// A drain could not evict pods before its deadline.
     #[error(
-        "failed to drain node {node}: eviction of {pods} is blocked by PodDisruptionBudget {budgets} (waited {waited:?}); scale up the workloads or relax the budgets, then retry"
+        "eviction of {pods} from node {node} is blocked by PodDisruptionBudget {budgets} (waited {waited:?}); scale up the workloads or relax the budgets, then retry"
     )]
     EvictionBlocked {
         /// The node.
