@@ -421,6 +421,24 @@ fn stopped_on_failure(view: &PlanView) -> CliError {
     .into()
 }
 
+/// Runs an engine call and ends with the seed's `<title> finished in <time>`
+/// line, whatever the outcome.
+async fn timed(
+    title: &str,
+    call: impl std::future::Future<Output = Result<gravity_plan::RunReport, EngineError>>,
+) -> CliResult {
+    let started = Instant::now();
+    let result = call.await;
+    step(&format!(
+        "{title} finished in {}",
+        humanize(started.elapsed())
+    ));
+    match result {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => report_failure(e),
+    }
+}
+
 /// `gravity plan …`
 pub async fn plan(args: PlanArgs, globals: &Globals) -> CliResult {
     let Some(cmd) = args.command else {
@@ -438,17 +456,8 @@ pub async fn plan(args: PlanArgs, globals: &Globals) -> CliResult {
             let timeout = parse_duration(&timeout)?;
             let (engine, _cancel) =
                 open_engine(globals, target.operation_id.as_deref(), Some(timeout)).await?;
-            let started = Instant::now();
-            let result = engine.execute(&path, force).await;
-            step(&format!(
-                "Executing phase {:?} finished in {}",
-                path.as_str(),
-                humanize(started.elapsed())
-            ));
-            match result {
-                Ok(_) => Ok(ExitCode::SUCCESS),
-                Err(e) => report_failure(e),
-            }
+            let title = format!("Executing phase {:?}", path.as_str());
+            timed(&title, engine.execute(&path, force)).await
         }
         PlanCommand::Rollback {
             phase,
@@ -460,31 +469,13 @@ pub async fn plan(args: PlanArgs, globals: &Globals) -> CliResult {
             let timeout = parse_duration(&timeout)?;
             let (engine, _cancel) =
                 open_engine(globals, target.operation_id.as_deref(), Some(timeout)).await?;
-            let started = Instant::now();
-            let result = engine.rollback(&path, force).await;
-            step(&format!(
-                "Rolling back phase {:?} finished in {}",
-                path.as_str(),
-                humanize(started.elapsed())
-            ));
-            match result {
-                Ok(_) => Ok(ExitCode::SUCCESS),
-                Err(e) => report_failure(e),
-            }
+            let title = format!("Rolling back phase {:?}", path.as_str());
+            timed(&title, engine.rollback(&path, force)).await
         }
         PlanCommand::Resume { target } => {
             let (engine, _cancel) =
                 open_engine(globals, target.operation_id.as_deref(), None).await?;
-            let started = Instant::now();
-            let result = engine.resume().await;
-            step(&format!(
-                "Executing operation plan finished in {}",
-                humanize(started.elapsed())
-            ));
-            match result {
-                Ok(_) => Ok(ExitCode::SUCCESS),
-                Err(e) => report_failure(e),
-            }
+            timed("Executing operation plan", engine.resume()).await
         }
         PlanCommand::Complete { target } => {
             let (engine, _cancel) =
