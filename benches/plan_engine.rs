@@ -82,6 +82,24 @@ fn noop_registry() -> ExecutorRegistry {
     r
 }
 
+/// Creates the plan's operation in `store`, opens an engine on it with
+/// no-op executors, resumes it to the end, and returns the engine and the
+/// time the run took (creation and loading excluded).
+async fn full_run(store: Arc<dyn PlanStore>, plan: &Plan) -> (Engine, Duration) {
+    store.create_operation(plan).await.unwrap();
+    let e = Engine::open(
+        store,
+        &plan.operation_id,
+        EngineConfig::new(noop_registry()),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    e.resume().await.unwrap();
+    let elapsed = t.elapsed();
+    (e, elapsed)
+}
+
 fn graph_benches(c: &mut Criterion) {
     for n in sizes() {
         for (label, plan) in plans(n) {
@@ -125,20 +143,7 @@ fn run_benches(c: &mut Criterion) {
                     for i in 0..iters {
                         let mut p = plan.clone();
                         p.operation_id = format!("op-{i}");
-                        total += rt.block_on(async {
-                            let store: Arc<dyn PlanStore> = Arc::new(MemoryStore::new());
-                            store.create_operation(&p).await.unwrap();
-                            let e = Engine::open(
-                                store,
-                                &p.operation_id,
-                                EngineConfig::new(noop_registry()),
-                            )
-                            .await
-                            .unwrap();
-                            let t = Instant::now();
-                            e.resume().await.unwrap();
-                            t.elapsed()
-                        });
+                        total += rt.block_on(full_run(Arc::new(MemoryStore::new()), &p)).1;
                     }
                     total
                 })
@@ -146,19 +151,7 @@ fn run_benches(c: &mut Criterion) {
             // Dependents check on the first and the last leaf of a
             // completed plan (the first has nearly the whole plan as
             // dependents).
-            let engine = rt.block_on(async {
-                let store: Arc<dyn PlanStore> = Arc::new(MemoryStore::new());
-                store.create_operation(&plan).await.unwrap();
-                let e = Engine::open(
-                    store,
-                    &plan.operation_id,
-                    EngineConfig::new(noop_registry()),
-                )
-                .await
-                .unwrap();
-                e.resume().await.unwrap();
-                e
-            });
+            let (engine, _) = rt.block_on(full_run(Arc::new(MemoryStore::new()), &plan));
             let first = engine.graph().leaves()[0];
             let last = *engine.graph().leaves().last().unwrap();
             g.bench_function("dependents_first_leaf", |b| {
@@ -175,21 +168,8 @@ fn run_benches(c: &mut Criterion) {
                             let dir = tempfile::tempdir_in(".").unwrap();
                             let mut p = plan.clone();
                             p.operation_id = format!("op-{i}");
-                            total += rt.block_on(async {
-                                let store: Arc<dyn PlanStore> =
-                                    Arc::new(FileStore::open(dir.path()).unwrap());
-                                store.create_operation(&p).await.unwrap();
-                                let e = Engine::open(
-                                    store,
-                                    &p.operation_id,
-                                    EngineConfig::new(noop_registry()),
-                                )
-                                .await
-                                .unwrap();
-                                let t = Instant::now();
-                                e.resume().await.unwrap();
-                                t.elapsed()
-                            });
+                            let store = Arc::new(FileStore::open(dir.path()).unwrap());
+                            total += rt.block_on(full_run(store, &p)).1;
                         }
                         total
                     })
