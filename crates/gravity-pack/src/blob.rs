@@ -29,6 +29,10 @@ use crate::progress::{Progress, ProgressEvent};
 /// Buffer size for streaming copies: large enough for full hashing speed,
 /// small enough to keep memory bounded.
 pub(crate) const BUF: usize = 1 << 20;
+/// Buffers queued between the hashing reader and the writer of a blob.
+const DEPTH: usize = 4;
+/// Bytes a blob writer writes between two `fdatasync`s (early write-back).
+const SYNC_EVERY: usize = 32 << 20;
 
 /// A blob's identity: hash and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,29 +213,80 @@ impl BlobStore {
                 size: 0,
             },
         };
+        // Hashing and writing overlap: this thread reads and hashes while a
+        // writer thread writes and starts write-back every `SYNC_EVERY`
+        // bytes, so the disk works from the first megabyte instead of
+        // flushing everything at the final sync. Memory stays bounded by
+        // the `DEPTH + 1` buffers in flight, whatever the size.
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; BUF];
         let mut size = 0u64;
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(PackError::io("cannot read package content")(e)),
-            };
-            size += n as u64;
-            if let Some(exp) = expected
-                && size > exp.size
-            {
-                return Err(PackError::CorruptBlob {
-                    digest: exp.digest,
-                    detail: format!("content is longer than the expected {} bytes", exp.size),
-                });
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(PackError::io(ctx()))?;
-            progress.on(ProgressEvent::Bytes(n as u64));
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(DEPTH);
+        let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 1);
+        for _ in 0..=DEPTH {
+            let _ = empty_tx.send(vec![0u8; BUF]);
         }
+        let (read_result, file) = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || -> io::Result<File> {
+                let mut since_sync = 0usize;
+                for (buf, n) in full_rx {
+                    file.write_all(&buf[..n])?;
+                    since_sync += n;
+                    if since_sync >= SYNC_EVERY {
+                        file.sync_data()?;
+                        since_sync = 0;
+                    }
+                    // The reader may have stopped already; then the
+                    // buffer is simply dropped.
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(file)
+            });
+            let read_result = (|| -> Result<()> {
+                loop {
+                    // A closed channel means the writer stopped on an
+                    // error, which its join below reports.
+                    let Ok(mut buf) = empty_rx.recv() else {
+                        return Ok(());
+                    };
+                    let n = loop {
+                        match data.read(&mut buf) {
+                            Ok(n) => break n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                return Err(PackError::io("cannot read package content")(e));
+                            }
+                        }
+                    };
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    size += n as u64;
+                    if let Some(exp) = expected
+                        && size > exp.size
+                    {
+                        return Err(PackError::CorruptBlob {
+                            digest: exp.digest,
+                            detail: format!(
+                                "content is longer than the expected {} bytes",
+                                exp.size
+                            ),
+                        });
+                    }
+                    hasher.update(&buf[..n]);
+                    if full_tx.send((buf, n)).is_err() {
+                        return Ok(());
+                    }
+                    progress.on(ProgressEvent::Bytes(n as u64));
+                }
+            })();
+            drop(full_tx);
+            let file = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the blob writer thread panicked")));
+            (read_result, file)
+        });
+        read_result?;
+        let file = file.map_err(PackError::io(ctx()))?;
         let digest = Digest(hasher.finalize().into());
         if let Some(exp) = expected {
             if size != exp.size {

@@ -9,6 +9,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::labels::Labels;
 use crate::locator::Locator;
+use crate::package::Envelope;
 use crate::progress::{Progress, ProgressEvent};
 use crate::store::{PackageStore, PutOutcome, WriteMode};
 
@@ -69,39 +70,61 @@ pub fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<PullReport> {
-    let mut report = PullReport::default();
-    for loc in locators {
+    // First the packages whose content the destination holds already: their
+    // metadata goes in one batch (one durable commit for a local store)
+    // instead of one commit each. Then the missing content, streamed.
+    let mut outcomes: Vec<Option<(Locator, PutOutcome, Digest, u64)>> = vec![None; locators.len()];
+    let mut present: Vec<(usize, Envelope)> = Vec::new();
+    let mut missing: Vec<(usize, Envelope)> = Vec::new();
+    for (i, loc) in locators.iter().enumerate() {
         let mut env = src.envelope(loc)?;
         if opts.mode != WriteMode::Upsert
             && let Ok(existing) = dst.envelope(loc)
             && existing.sha256 == env.sha256
         {
-            report.skipped.push(loc.clone());
+            outcomes[i] = Some((loc.clone(), PutOutcome::Unchanged, env.sha256, 0));
             continue;
         }
         env.labels.apply(&opts.add_labels, &[]);
-        let (outcome, bytes) = if dst.has_blob(&env.sha256)? {
-            (dst.put(&env, None, opts.mode)?, 0)
+        if dst.has_blob(&env.sha256)? {
+            present.push((i, env));
         } else {
-            let (_, mut reader) = src.read(loc)?;
-            progress.on(ProgressEvent::Begin {
-                label: &loc.to_string(),
-                total_bytes: env.size_bytes,
-            });
-            let mut counting = CountingReader {
-                inner: &mut reader,
-                progress,
-            };
-            let o = dst.put(&env, Some(&mut counting), opts.mode)?;
-            progress.on(ProgressEvent::End);
-            (o, env.size_bytes)
+            missing.push((i, env));
+        }
+    }
+    let batch: Vec<&Envelope> = present.iter().map(|(_, e)| e).collect();
+    for ((i, env), outcome) in present.iter().zip(dst.put_present(&batch, opts.mode)?) {
+        outcomes[*i] = Some((env.locator.clone(), outcome, env.sha256, 0));
+    }
+    for (i, env) in missing {
+        let loc = &locators[i];
+        // An earlier package of this pull may have brought the same blob.
+        if dst.has_blob(&env.sha256)? {
+            let o = dst.put(&env, None, opts.mode)?;
+            outcomes[i] = Some((env.locator.clone(), o, env.sha256, 0));
+            continue;
+        }
+        let (_, mut reader) = src.read(loc)?;
+        progress.on(ProgressEvent::Begin {
+            label: &loc.to_string(),
+            total_bytes: env.size_bytes,
+        });
+        let mut counting = CountingReader {
+            inner: &mut reader,
+            progress,
         };
+        let o = dst.put(&env, Some(&mut counting), opts.mode)?;
+        progress.on(ProgressEvent::End);
+        outcomes[i] = Some((env.locator.clone(), o, env.sha256, env.size_bytes));
+    }
+    let mut report = PullReport::default();
+    for (locator, outcome, digest, bytes) in outcomes.into_iter().flatten() {
         if outcome == PutOutcome::Unchanged {
-            report.skipped.push(loc.clone());
+            report.skipped.push(locator);
         } else {
             report.copied.push(Copied {
-                locator: loc.clone(),
-                digest: env.sha256,
+                locator,
+                digest,
                 bytes_transferred: bytes,
             });
         }

@@ -124,6 +124,16 @@ pub trait PackageStore: Send + Sync {
         mode: WriteMode,
     ) -> Result<PutOutcome>;
 
+    /// Writes many packages whose blobs the store already holds. Stores
+    /// that can should do it in one durable transaction (all or nothing);
+    /// the default writes them one by one.
+    fn put_present(&self, envelopes: &[&Envelope], mode: WriteMode) -> Result<Vec<PutOutcome>> {
+        envelopes
+            .iter()
+            .map(|env| self.put(env, None, mode))
+            .collect()
+    }
+
     /// Metadata of a package.
     fn envelope(&self, locator: &Locator) -> Result<Envelope>;
 
@@ -870,6 +880,10 @@ impl PackageStore for LocalStore {
             None => vec![],
         };
         Ok(self.commit_with_blobs(staged, &[envelope], mode)?[0])
+    }
+
+    fn put_present(&self, envelopes: &[&Envelope], mode: WriteMode) -> Result<Vec<PutOutcome>> {
+        self.put_batch(envelopes, mode)
     }
 
     fn envelope(&self, locator: &Locator) -> Result<Envelope> {
