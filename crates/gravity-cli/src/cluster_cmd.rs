@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use gravity_plan::render::format_time;
 use gravity_plan::{Engine, EngineConfig, OperationState};
 use gravity_upgrade::operation::{Site, UpgradeOptions};
-use gravity_upgrade::sim::{Fault, FaultKind, SimSpec, SimulatedCluster};
+use gravity_upgrade::sim::{Fault, FaultKind, SimSpec, SimulatedCluster, UpgradeKind};
 use gravity_upgrade::{Cluster, ClusterState, OperationStatus};
 
 use crate::cmdlog;
@@ -37,6 +37,15 @@ pub enum SimCommand {
         /// Where to write the upgrade image.
         #[arg(long, default_value = "telekube-5.5.50-dev.9.tar")]
         image: PathBuf,
+        /// Which upgrade image to write (all bring telekube 5.5.50-dev.9):
+        /// `full`, the seed's image (new planet 5.5.54 with etcd 3.3.22 and
+        /// new system apps: the plan upgrades /masters, /nodes and /etcd);
+        /// `app-only`, only the application changes (the plan is /checks,
+        /// /pre-update, /app, /gc); `no-etcd-change`, the new planet with
+        /// the installed etcd (/masters but no /etcd).
+        #[arg(long, default_value = "full", value_name = "KIND",
+              value_parser = ["full", "app-only", "no-etcd-change"])]
+        upgrade: String,
     },
     /// Show the simulated cluster: nodes, pods, etcd, election, disks, clocks.
     Inspect {
@@ -135,7 +144,9 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
             workers,
             name,
             image,
+            upgrade,
         } => {
+            let upgrade: UpgradeKind = upgrade.parse()?;
             if state.join("sim/cluster.json").exists() {
                 return Err(format!(
                     "{} already holds a simulated cluster; use another --state-dir or remove it",
@@ -156,7 +167,7 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
             if let Some(first) = cluster.nodes.iter().find(|n| n.is_master()) {
                 gravity_pack::location::set_local_node(state, &first.hostname)?;
             }
-            sim.write_upgrade_image(&image)?;
+            let target = sim.write_upgrade_image_of(upgrade, &image)?;
             println!(
                 "Created simulated cluster {} with {} nodes ({} {}) in {}",
                 cluster.name,
@@ -165,7 +176,13 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
                 cluster.installed.app.version(),
                 state.display()
             );
-            println!("Wrote the upgrade image to {}", image.display());
+            println!(
+                "Wrote the {} upgrade image ({} {}) to {}",
+                upgrade.as_str(),
+                target.app.name(),
+                target.app.version(),
+                image.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         SimCommand::Inspect { output } => {
@@ -320,6 +337,10 @@ pub async fn status(args: StatusArgs, globals: &Globals) -> CliResult {
 /// The `gravity status` text.
 pub async fn status_text(globals: &Globals) -> Result<String, crate::CliError> {
     let site = site(globals)?;
+    // A status is a health probe: its failures and recoveries go to the
+    // history. Without a probe (the node list is unavailable) the node
+    // status falls back to reachability.
+    let probe = site.probe_health().await.ok();
     let c = site.sim().cluster()?;
     let snap = site.sim().inspect()?;
     let plans = site.plans();
@@ -407,13 +428,17 @@ pub async fn status_text(globals: &Globals) -> Result<String, crate::CliError> {
         for n in nodes {
             let s = snap.nodes.iter().find(|s| s.hostname == n.hostname);
             let reachable = s.is_some_and(|s| s.reachable);
+            let healthy = match &probe {
+                Some(p) => reachable && p.node_healthy(&n.hostname),
+                None => reachable,
+            };
             out.push_str(&format!(
                 "        * {} ({}, {})\n",
                 n.hostname, n.advertise_ip, n.profile
             ));
             out.push_str(&format!(
                 "            Status:\t\t{}\n",
-                if reachable { "healthy" } else { "degraded" }
+                if healthy { "healthy" } else { "degraded" }
             ));
             out.push_str(&format!(
                 "            Remote access:\t{}\n",
@@ -424,11 +449,12 @@ pub async fn status_text(globals: &Globals) -> Result<String, crate::CliError> {
     Ok(out)
 }
 
-/// Health and operation events from the command log, oldest first.
+/// Health and operation events, oldest first: the command log's events
+/// and phase transitions, merged with the probe history of the state
+/// directory (probe failed/succeeded, node degraded/healthy).
 pub fn history_text(globals: &Globals) -> String {
-    let mut out = String::new();
+    let mut events: Vec<(DateTime<Utc>, String)> = Vec::new();
     let text = std::fs::read_to_string(globals.state_dir.join("gravity.log")).unwrap_or_default();
-    let mut any = false;
     for line in text.lines() {
         let mut f = line.splitn(4, ' ');
         let (Some(t), Some(_pid), Some(kind), Some(rest)) =
@@ -444,16 +470,26 @@ pub fn history_text(globals: &Globals) -> String {
             "phase" => format!("phase {rest}"),
             _ => continue,
         };
-        any = true;
-        out.push_str(&format!(
-            "{}\t{text}\n",
-            gravity_plan::render::format_time_seconds(t.to_utc())
-        ));
+        events.push((t.to_utc(), text));
     }
-    if !any {
-        out.push_str("No status history available to display.\n");
+    let health = gravity_upgrade::health::HealthLog::new(&globals.state_dir);
+    for e in health.events().unwrap_or_default() {
+        events.push((e.time, e.event.to_string()));
     }
-    out
+    // Stable: lines of one instant keep their order.
+    events.sort_by_key(|(t, _)| *t);
+    if events.is_empty() {
+        return "No status history available to display.\n".into();
+    }
+    events
+        .iter()
+        .map(|(t, text)| {
+            format!(
+                "{}\t{text}\n",
+                gravity_plan::render::format_time_seconds(*t)
+            )
+        })
+        .collect()
 }
 
 /// `gravity status-reset`

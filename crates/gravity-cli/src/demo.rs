@@ -38,6 +38,7 @@ pub async fn run(args: DemoArgs, globals: &Globals) -> CliResult {
             workers: args.workers,
             name: None,
             image: image.clone(),
+            upgrade: "full".into(),
         },
         &g,
     )

@@ -617,10 +617,178 @@ fn topology_five_masters_twenty_workers_parallel() {
     );
 }
 
-// The application-only and no-etcd-change upgrades are not creatable from
-// the CLI: `sim init` always writes the seed's target image (new planet and
-// etcd 3.3.22). They are covered by the library tests
-// (gravity-upgrade/tests/sim_upgrade.rs and topologies.rs).
+/// `sim init --upgrade KIND`, `upload`, `upgrade`: the cluster ends active
+/// on the new version; the plan has `/masters` and `/etcd` as the spec
+/// says (§1.6 A: an application-only upgrade is /checks, /pre-update,
+/// /app, /gc; §1.4: no /etcd without an etcd version change). Returns the
+/// environment and the top-level phases.
+fn upgrade_of_kind(kind: &str, masters: bool, etcd: bool) -> (Env, Vec<String>) {
+    let env = Env::uploaded(&["--upgrade", kind]);
+    env.ok(&["upgrade"]);
+    env.assert_active("5.5.50-dev.9");
+    assert_all_completed(&env);
+    let plan = env.plan_json();
+    let top: Vec<String> = plan["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        top.iter().any(|p| p == "/masters"),
+        masters,
+        "{kind}: {top:?}"
+    );
+    assert_eq!(top.iter().any(|p| p == "/etcd"), etcd, "{kind}: {top:?}");
+    let snap = env.inspect();
+    assert_eq!(snap["applications"]["gravitational.io/telekube"], NEW_APP);
+    for n in snap["nodes"].as_array().unwrap() {
+        assert_eq!(n["unschedulable"], false, "{kind}: {n}");
+        assert_eq!(n["taints"], Value::Array(vec![]), "{kind}: {n}");
+        if n["role"] == "master" {
+            assert_eq!(n["etcd_state"], "normal", "{kind}: {n}");
+        }
+    }
+    (env, top)
+}
+
+#[test]
+fn sim_init_upgrade_kinds_are_documented() {
+    let env = Env::new();
+    let help = env.ok(&["sim", "init", "--help"]);
+    for kind in ["full", "app-only", "no-etcd-change"] {
+        assert!(help.contains(kind), "{help}");
+    }
+    env.init(&["--upgrade", "no-etcd-change"]);
+    let e = Env::new().fails(&["sim", "init", "--upgrade", "runtime-only"]);
+    assert!(e.contains("runtime-only"), "{e}");
+}
+
+#[test]
+fn application_only_upgrade_from_the_cli() {
+    let (env, top) = upgrade_of_kind("app-only", false, false);
+    assert_eq!(top, ["/checks", "/pre-update", "/app", "/gc"]);
+    // The runtime is the installed one.
+    for n in env.inspect()["nodes"].as_array().unwrap() {
+        assert_eq!(n["runtime"], OLD_PLANET, "{n}");
+        assert_eq!(n["etcd_version"].as_str().unwrap_or("3.3.20"), "3.3.20");
+    }
+}
+
+#[test]
+fn upgrade_without_etcd_change_from_the_cli() {
+    let (env, top) = upgrade_of_kind("no-etcd-change", true, false);
+    assert!(top.contains(&"/migration".to_string()), "{top:?}");
+    for n in env.inspect()["nodes"].as_array().unwrap() {
+        assert_eq!(n["runtime"], NEW_PLANET, "{n}");
+        if n["role"] == "master" {
+            assert_eq!(n["etcd_version"], "3.3.20", "{n}");
+            assert_eq!(n["etcd_data_dir"], "/ext/etcd/3.3.20", "{n}");
+        }
+    }
+}
+
+#[test]
+fn full_upgrade_from_the_cli() {
+    let (env, _) = upgrade_of_kind("full", true, true);
+    assert_upgraded(&env.inspect());
+}
+
+// ---------------------------------------------------------------------------
+// Health probes in the status history
+// ---------------------------------------------------------------------------
+
+/// The history lines that contain every one of `words`.
+fn history_lines(history: &str, words: &[&str]) -> usize {
+    history
+        .lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+/// A disk-full fault found by a health probe (`gravity status`) and by
+/// the preflight checks of `gravity upgrade`: `probe failed` (the check,
+/// the node, the message) and `node degraded` once; healed, `probe
+/// succeeded` and `node healthy` once.
+#[test]
+fn probe_failures_and_recoveries_are_in_the_status_history() {
+    let env = Env::seed();
+    env.ok(&["status"]);
+    assert!(!env.history().contains("probe"), "{}", env.history());
+    env.ok(&["sim", "fault", "disk-full", "--node", "kevin-test2"]);
+    let status = env.ok(&["status"]);
+    let node = status.split("* kevin-test2").nth(1).unwrap();
+    assert!(node.contains("Status:\t\tdegraded"), "{status}");
+    env.fails(&["upgrade"]);
+    let history = env.history();
+    let failed = ["probe failed", "node=kevin-test2", "checker=disk-space"];
+    assert_eq!(history_lines(&history, &failed), 1, "{history}");
+    assert!(
+        history.contains("failed to validate disk requirements"),
+        "{history}"
+    );
+    assert_eq!(
+        history_lines(&history, &["node degraded", "node=kevin-test2"]),
+        1,
+        "{history}"
+    );
+    assert_eq!(
+        history_lines(&history, &["probe succeeded"]),
+        0,
+        "{history}"
+    );
+
+    env.ok(&["sim", "heal", "disk-full", "--node", "kevin-test2"]);
+    env.ok(&["upgrade"]);
+    let history = env.history();
+    let succeeded = ["probe succeeded", "node=kevin-test2", "checker=disk-space"];
+    assert_eq!(history_lines(&history, &succeeded), 1, "{history}");
+    assert_eq!(
+        history_lines(&history, &["node healthy", "node=kevin-test2"]),
+        1,
+        "{history}"
+    );
+    // In order: injected, failed, degraded, healed, succeeded, healthy.
+    let at = |w: &str| {
+        history
+            .find(w)
+            .unwrap_or_else(|| panic!("no {w} in {history}"))
+    };
+    assert!(at("fault disk-full injected") < at("probe failed"));
+    assert!(at("probe failed") < at("node degraded"));
+    assert!(at("node degraded") < at("fault disk-full healed"));
+    assert!(at("fault disk-full healed") < at("probe succeeded"));
+    assert!(at("probe succeeded") < at("node healthy"));
+    let status = env.ok(&["status"]);
+    assert!(!status.contains("degraded"), "{status}");
+}
+
+/// The `/checks` phase records its probes too: failed while the fault is
+/// there, succeeded when the phase is retried after the heal.
+#[test]
+fn checks_phase_records_probe_events() {
+    let env = Env::seed();
+    env.ok(&["upgrade", "--manual"]);
+    env.execute("/init");
+    env.ok(&["sim", "fault", "disk-full", "--node", "kevin-test3"]);
+    let e = env.fails(&["plan", "execute", "--phase", "/checks"]);
+    assert!(e.contains("The following checks failed:"), "{e}");
+    let history = env.history();
+    let failed = ["probe failed", "node=kevin-test3", "checker=disk-space"];
+    assert_eq!(history_lines(&history, &failed), 1, "{history}");
+    assert!(history.contains("phase /checks failed"), "{history}");
+    env.ok(&["sim", "heal", "disk-full"]);
+    env.execute("/checks");
+    let history = env.history();
+    let succeeded = ["probe succeeded", "node=kevin-test3", "checker=disk-space"];
+    assert_eq!(history_lines(&history, &succeeded), 1, "{history}");
+    assert_eq!(
+        history_lines(&history, &["node healthy", "node=kevin-test3"]),
+        1,
+        "{history}"
+    );
+    assert!(history.find("probe succeeded") > history.find("phase /checks failed"));
+}
 
 // ---------------------------------------------------------------------------
 // The one-operation gate, agents

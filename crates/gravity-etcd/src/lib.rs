@@ -5,11 +5,25 @@
 //!   between members.
 //! - [`harness`]: a real local etcd cluster of `etcd` processes on
 //!   127.0.0.1, for tests and rehearsals.
+//! - [`backend`]: the upgrade's `Etcd` backend over real members
+//!   ([`EtcdBackend`], members started and stopped through a
+//!   [`MemberControl`]) and its `Election` backend over Gravity's election
+//!   keys ([`backend::election::EtcdElection`]).
+//! - [`plan_store`]: the cluster-wide plan store in etcd
+//!   ([`EtcdPlanStore`], with `--tail` through a watch) and a node's store
+//!   that keeps its local copy authoritative and syncs it with etcd
+//!   ([`SyncedPlanStore`]).
 
+pub mod backend;
 pub mod client;
 pub mod harness;
+pub mod plan_store;
 
+pub use backend::{
+    EtcdBackend, EtcdBackendConfig, EtcdBackendError, HarnessControl, MemberControl,
+};
 pub use client::{
     Compare, EtcdClient, EtcdError, EtcdResult, KeyValue, TxnOp, TxnResult, WatchEvent,
 };
 pub use harness::{HarnessError, LocalEtcdCluster};
+pub use plan_store::{EtcdPlanStore, SyncConfig, SyncReport, SyncedPlanStore};

@@ -55,6 +55,7 @@ pub use plan::{
 };
 pub use state::{Actor, NewChange, OperationState, PhaseChange, PhaseState, derive_state};
 pub use store::{
-    FileStore, LockInfo, MemoryStore, OperationRecord, PlanStore, StoreError, check_operation_id,
+    FileStore, LockInfo, LogIndex, MemoryStore, OperationRecord, PlanStore, StoreError,
+    check_operation_id,
 };
 pub use view::PlanView;

@@ -28,6 +28,7 @@ pub mod builder;
 pub mod cluster;
 pub mod error;
 pub mod executors;
+pub mod health;
 pub mod image;
 pub mod operation;
 pub mod phases;

@@ -23,6 +23,7 @@ use crate::backend::{BackendError, Backends};
 use crate::builder::{BuildOptions, build_plan};
 use crate::cluster::{ClusterOperation, ClusterState, OperationKind, OperationStatus};
 use crate::error::{BuildError, UpgradeRefused};
+use crate::health::{HealthLog, ProbeReport, TimedEvent};
 use crate::image::{ClusterImage, parse_image_manifest};
 use crate::sim::SimulatedCluster;
 
@@ -198,6 +199,33 @@ impl Site {
             .ok_or_else(|| LifecycleError::NoDescription(env.locator.to_string()))
     }
 
+    /// Runs the health probes (the preflight checks, agents not required)
+    /// and records them in the state directory's [`HealthLog`], whose
+    /// history `gravity status history` shows.
+    pub async fn probe_health(&self) -> Result<ProbeReport, LifecycleError> {
+        self.probe_health_with(&self.backends()?).await
+    }
+
+    async fn probe_health_with(&self, backends: &Backends) -> Result<ProbeReport, LifecycleError> {
+        let report = crate::phases::checks::probe(backends, false)
+            .await
+            .map_err(|e| LifecycleError::Preflight(format!("\t[×] {e}\n")))?;
+        HealthLog::new(&self.state_dir)
+            .record(&report)
+            .map_err(BackendError::io(format!(
+                "cannot record the probe results in {}",
+                self.state_dir.join("status").display()
+            )))?;
+        Ok(report)
+    }
+
+    /// The health events recorded in the state directory, oldest first.
+    pub fn health_history(&self) -> Result<Vec<TimedEvent>, LifecycleError> {
+        HealthLog::new(&self.state_dir)
+            .events()
+            .map_err(|e| BackendError::io("cannot read the health history".to_string())(e).into())
+    }
+
     /// Starts an upgrade: gate, preflight checks, plan, operation, agents.
     /// `step` receives the seed's progress lines. Nothing changes if the
     /// gate or the checks refuse.
@@ -212,9 +240,7 @@ impl Site {
         let from = cluster.installed.app.version().to_string();
         let to = target.app.version().to_string();
         let backends = self.backends()?;
-        let (failed, _) = crate::phases::checks::preflight(&backends, false)
-            .await
-            .map_err(|e| LifecycleError::Preflight(format!("\t[×] {e}\n")))?;
+        let failed = self.probe_health_with(&backends).await?.failures();
         let (blocking, warnings): (Vec<String>, Vec<String>) = failed
             .into_iter()
             .partition(|f| !opts.force || f.contains("unreachable") || f.contains("not ready"));
@@ -227,6 +253,14 @@ impl Site {
             step(format!("WARNING: {w} (ignored because of --force)"));
         }
         step(format!("Upgrading cluster from {from} to {to}"));
+        // What the migrations find to do follows Gravity's backend (spec
+        // §1.6): trusted clusters and roles in the old format.
+        if let Ok(names) = crate::phases::links::trusted_clusters(&backends).await {
+            cluster.trusted_clusters = names;
+        }
+        if let Ok(roles) = crate::phases::roles::legacy_roles(&backends).await {
+            cluster.legacy_role_rules = !roles.is_empty();
+        }
         let local = self.local_node()?;
         let built = build_plan(
             &cluster,

@@ -297,3 +297,74 @@ async fn many_workers_in_parallel() {
     )
     .await;
 }
+
+/// The `links` and `roles` migrations act on Gravity's backend (etcd keys
+/// under `/gravity/local/`): the Ops Center link becomes a trusted
+/// cluster, the role's `assignKubernetesGroups` action becomes its
+/// `kubernetes_groups`; a rollback puts back exactly the previous keys
+/// (the created trusted cluster key is emptied: the etcd backend has no
+/// delete, and an empty value is no trusted cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_act_on_the_gravity_backend_and_roll_back() {
+    let mut cluster = Cluster::seed();
+    cluster.ops_center_links = vec![
+        "https://wizard.example.com".into(),
+        "https://ops.example.com:32009".into(),
+    ];
+    cluster.legacy_role_rules = true;
+    let env = setup(cluster, ClusterImage::seed_target(), opts()).await;
+    let role_key = "/gravity/local/roles/@teleadmin";
+    let tc_key = "/gravity/local/trustedclusters/ops.example.com";
+    let before = env.sim.inspect().unwrap();
+    assert!(before.etcd_data[role_key].contains("assignKubernetesGroups"));
+    assert!(!before.etcd_data.contains_key(tc_key));
+
+    env.engine.resume().await.unwrap();
+    let after = env.sim.inspect().unwrap();
+    let role: serde_json::Value = serde_json::from_str(&after.etcd_data[role_key]).unwrap();
+    assert_eq!(
+        role["spec"]["allow"]["kubernetes_groups"],
+        serde_json::json!(["admin"])
+    );
+    assert!(!after.etcd_data[role_key].contains("assignKubernetesGroups"));
+    let tc: serde_json::Value = serde_json::from_str(&after.etcd_data[tc_key]).unwrap();
+    assert_eq!(tc["proxy_address"], "ops.example.com:32009");
+    assert_eq!(tc["enabled"], true);
+    // No ConfigMaps any more.
+    assert!(
+        env.sim
+            .state()
+            .unwrap()
+            .kube
+            .config_maps
+            .keys()
+            .all(|k| !k.contains("trusted"))
+    );
+
+    // Rolling back the migrations alone puts back the keys they wrote.
+    for p in ["/migration/roles", "/migration/links"] {
+        let p = gravity_plan::PhasePath::parse(p).unwrap();
+        env.engine.rollback(&p, true).await.unwrap();
+    }
+    let back = env.sim.inspect().unwrap();
+    assert_eq!(back.etcd_data[role_key], before.etcd_data[role_key]);
+    assert_eq!(back.etcd_data[tc_key], "");
+    let names = gravity_upgrade::phases::links::trusted_clusters(&env.sim.backends())
+        .await
+        .unwrap();
+    assert!(names.is_empty(), "{names:?}");
+    // Executed again, the migrations find the same work.
+    for p in ["/migration/links", "/migration/roles"] {
+        let p = gravity_plan::PhasePath::parse(p).unwrap();
+        env.engine.execute(&p, true).await.unwrap();
+    }
+    assert_eq!(env.sim.inspect().unwrap().etcd_data, after.etcd_data);
+
+    // The whole plan rolled back: the cluster is as before (etcd goes
+    // back to the data dir of the installed version).
+    env.engine.rollback_plan(false).await.unwrap();
+    assert_eq!(
+        env.sim.inspect().unwrap().without_pods(),
+        before.without_pods()
+    );
+}

@@ -18,7 +18,10 @@
 //! compare-and-swap guards against the true latest state), cut off a torn
 //! frame left by a writer that died mid-write, then append. Appends that
 //! arrive together from several tasks are written as one frame with one
-//! sync (group commit). Readers never block writers for long and stop at
+//! sync (group commit). Imports of entries made by another store
+//! ([`PlanStore::import_changes`]) take the same path: their ids are checked
+//! against the whole log under the lock, so an import is idempotent across
+//! processes too. Readers never block writers for long and stop at
 //! the first incomplete frame.
 //!
 //! Why files rather than an embedded database: the changelog is append-only
@@ -61,9 +64,18 @@ struct OpLog {
     state: Mutex<Option<LogState>>,
 }
 
+/// What a writer asks to commit.
+#[derive(Debug)]
+enum Request {
+    /// New changes, with their guards.
+    Append(Vec<NewChange>),
+    /// Entries made by another store.
+    Import(Vec<PhaseChange>),
+}
+
 #[derive(Debug)]
 struct Pending {
-    changes: Vec<NewChange>,
+    request: Request,
     result: Mutex<Option<Result<Vec<PhaseChange>, StoreError>>>,
 }
 
@@ -463,12 +475,12 @@ impl LogState {
             })?;
             let first = changes.first().map(|c| c.seq).unwrap_or(0);
             for c in &changes {
-                if c.seq != self.index.last_seq + 1 {
+                if c.seq != self.index.last_seq() + 1 {
                     return Err(StoreError::Corrupt(format!(
                         "{}: change {} follows change {}; sequence numbers must be dense",
                         path.display(),
                         c.seq,
-                        self.index.last_seq
+                        self.index.last_seq()
                     )));
                 }
                 self.index.note(c);
@@ -491,7 +503,7 @@ impl LogState {
 
     /// Changes with seq > after, read from disk.
     fn read_after(&self, path: &Path, after: u64) -> Result<Vec<PhaseChange>, StoreError> {
-        if after >= self.index.last_seq {
+        if after >= self.index.last_seq() {
             return Ok(Vec::new());
         }
         // Last frame whose first seq is <= after + 1.
@@ -542,9 +554,9 @@ impl OpLog {
         })
     }
 
-    fn append(&self, changes: Vec<NewChange>) -> Result<Vec<PhaseChange>, StoreError> {
+    fn append(&self, request: Request) -> Result<Vec<PhaseChange>, StoreError> {
         let mine = Arc::new(Pending {
-            changes,
+            request,
             result: Mutex::new(None),
         });
         self.queue.lock().unwrap().push(mine.clone());
@@ -627,7 +639,11 @@ fn commit(
         let mut results = Vec::with_capacity(batch.len());
         let mut all: Vec<PhaseChange> = Vec::new();
         for p in batch {
-            match st.index.prepare(&p.changes) {
+            let prepared = match &p.request {
+                Request::Append(changes) => st.index.prepare(changes),
+                Request::Import(entries) => Ok(st.index.prepare_import(entries)),
+            };
+            match prepared {
                 Ok(stored) => {
                     for c in &stored {
                         st.index.note(c);
@@ -741,7 +757,16 @@ impl PlanStore for FileStore {
         changes: Vec<NewChange>,
     ) -> Result<Vec<PhaseChange>, StoreError> {
         let log = self.log(id)?;
-        blocking(move || log.append(changes)).await
+        blocking(move || log.append(Request::Append(changes))).await
+    }
+
+    async fn import_changes(
+        &self,
+        id: &str,
+        changes: Vec<PhaseChange>,
+    ) -> Result<Vec<PhaseChange>, StoreError> {
+        let log = self.log(id)?;
+        blocking(move || log.append(Request::Import(changes))).await
     }
 
     async fn set_operation_state(&self, id: &str, state: OperationState) -> Result<(), StoreError> {

@@ -101,6 +101,23 @@ impl PlanStore for MemoryStore {
         Ok(stored)
     }
 
+    async fn import_changes(
+        &self,
+        id: &str,
+        changes: Vec<PhaseChange>,
+    ) -> Result<Vec<PhaseChange>, StoreError> {
+        let mut ops = self.ops.lock().unwrap();
+        let op = ops
+            .get_mut(id)
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let stored = op.index.prepare_import(&changes);
+        for c in &stored {
+            op.index.note(c);
+            op.changes.push(c.clone());
+        }
+        Ok(stored)
+    }
+
     async fn set_operation_state(&self, id: &str, state: OperationState) -> Result<(), StoreError> {
         let mut ops = self.ops.lock().unwrap();
         let op = ops

@@ -7,11 +7,23 @@
 //! by a dense sequence number; an append may carry a compare-and-swap guard
 //! per phase, which is how the move to `in_progress` becomes an atomic
 //! claim across processes.
+//!
+//! Changelog entries are immutable and carry a unique `id`, so two stores
+//! holding copies of one operation (a node's local store and the cluster
+//! store in etcd) converge by set union:
+//! [`import_changes`](PlanStore::import_changes) appends entries made by
+//! another store, keeping their id, phase, state, time, error and actor,
+//! skipping ids already present (so importing twice changes nothing), and
+//! gives them this store's next sequence numbers in the order given. The
+//! caller decides that order (the replicating stores pass entries in the
+//! sequence order of the store they come from, which is the order they were
+//! made in). [`LogIndex`] holds the per-phase bookkeeping every store uses
+//! to check guards and assign sequence numbers, for stores in other crates.
 
 mod file;
 mod memory;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -142,6 +154,21 @@ pub trait PlanStore: Send + Sync {
         changes: Vec<NewChange>,
     ) -> Result<Vec<PhaseChange>, StoreError>;
 
+    /// Imports changelog entries that another store made (replication).
+    ///
+    /// Each entry keeps its `id`, phase, state, time, error and actor; its
+    /// `seq` is ignored and the entry gets this store's next sequence
+    /// number, in the order given. Entries whose `id` is already in the
+    /// changelog (or earlier in `changes`) are skipped, so importing is
+    /// idempotent. No guard is checked: the entries are facts recorded
+    /// elsewhere. Atomic and durable like [`append`](PlanStore::append);
+    /// returns the entries newly stored (empty if every one was present).
+    async fn import_changes(
+        &self,
+        id: &str,
+        changes: Vec<PhaseChange>,
+    ) -> Result<Vec<PhaseChange>, StoreError>;
+
     /// Sets the operation state.
     async fn set_operation_state(&self, id: &str, state: OperationState) -> Result<(), StoreError>;
 
@@ -171,22 +198,49 @@ pub fn check_operation_id(id: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The latest change per phase, for compare-and-swap checks.
+/// The latest change per phase and every entry id of one changelog: what a
+/// store needs to check compare-and-swap guards, assign dense sequence
+/// numbers and make imports idempotent. Fed with every stored entry in
+/// sequence order ([`note`](LogIndex::note)).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LogIndex {
-    pub last_seq: u64,
+pub struct LogIndex {
+    last_seq: u64,
     latest: HashMap<PhasePath, (u64, PhaseState, Actor)>,
+    ids: HashSet<uuid::Uuid>,
 }
 
 impl LogIndex {
+    /// An empty index (a changelog with no entries).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a stored entry.
     pub fn note(&mut self, c: &PhaseChange) {
         self.last_seq = self.last_seq.max(c.seq);
+        self.ids.insert(c.id);
         self.latest
             .insert(c.phase.clone(), (c.seq, c.state, c.actor.clone()));
     }
 
-    /// Checks the guards of one atomic batch and assigns sequence numbers.
-    /// Nothing is noted on failure.
+    /// The highest sequence number noted (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Whether an entry with this id was noted.
+    pub fn contains(&self, id: &uuid::Uuid) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The latest change of a phase: its sequence number, state and actor.
+    pub fn latest(&self, phase: &PhasePath) -> Option<(u64, PhaseState, &Actor)> {
+        self.latest.get(phase).map(|(v, s, a)| (*v, *s, a))
+    }
+
+    /// Checks the guards of one atomic batch and assigns sequence numbers
+    /// and fresh ids. Nothing is noted (on success either: the caller notes
+    /// the entries once they are stored).
     pub fn prepare(&self, batch: &[NewChange]) -> Result<Vec<PhaseChange>, StoreError> {
         let mut out: Vec<PhaseChange> = Vec::with_capacity(batch.len());
         for (i, nc) in batch.iter().enumerate() {
@@ -220,5 +274,22 @@ impl LogIndex {
             });
         }
         Ok(out)
+    }
+
+    /// Prepares an import: drops entries whose id was noted or appears
+    /// earlier in `entries`, and numbers the rest from the next sequence
+    /// number, keeping everything else. Nothing is noted.
+    pub fn prepare_import(&self, entries: &[PhaseChange]) -> Vec<PhaseChange> {
+        let mut seen: HashSet<uuid::Uuid> = HashSet::new();
+        let mut out: Vec<PhaseChange> = Vec::new();
+        for e in entries {
+            if self.ids.contains(&e.id) || !seen.insert(e.id) {
+                continue;
+            }
+            let mut c = e.clone();
+            c.seq = self.last_seq + 1 + out.len() as u64;
+            out.push(c);
+        }
+        out
     }
 }

@@ -1,25 +1,18 @@
-//! `update_bootstrap_leader` and `update_bootstrap`: generate the new
-//! per-node packages in the cluster store (leader) and pull what each node
-//! needs into its store.
+//! `update_bootstrap`: what a node needs pulled into its store: the new
+//! gravity, planet, planet configuration, secrets and teleport packages.
 
 use async_trait::async_trait;
 use gravity_pack::location::StoreSelector;
-use gravity_pack::{
-    Labels, LocalStore, Locator, PackError, PackageOptions, PackageStore, PullOptions, pull,
-};
+use gravity_pack::{Labels, Locator, PackageStore, PullOptions, pull};
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, PhaseError, boxed, check_run_node, data, executor_struct, gate, load, save};
+use super::common::{
+    Context, PhaseError, check_run_node, clear, data, executor_struct, gate, load, save,
+};
 use crate::backend::Backends;
 use crate::executors::{BootstrapData, UpdateServer};
 
-executor_struct!(
-    /// `update_bootstrap_leader`: generates every node's new secrets, planet
-    /// configuration and teleport configuration packages in the cluster
-    /// store, then bootstraps the leader. Rollback deletes what it created.
-    BootstrapLeader
-);
 executor_struct!(
     /// `update_bootstrap`: pulls the node's new gravity, planet, planet
     /// configuration, secrets and teleport packages into its store and
@@ -30,17 +23,17 @@ executor_struct!(
 
 /// What a bootstrap changed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Record {
+pub(super) struct Record {
     /// Packages created in the cluster store.
-    cluster_created: Vec<Locator>,
+    pub(super) cluster_created: Vec<Locator>,
     /// Packages pulled into the node store.
-    node_added: Vec<Locator>,
+    pub(super) node_added: Vec<Locator>,
     /// Labels added to node packages.
-    labels_added: Vec<(Locator, String)>,
+    pub(super) labels_added: Vec<(Locator, String)>,
 }
 
 /// The packages a node pulls.
-fn needed(u: &UpdateServer, gravity: &Locator) -> Vec<Locator> {
+pub(super) fn needed(u: &UpdateServer, gravity: &Locator) -> Vec<Locator> {
     let mut out = vec![gravity.clone()];
     out.extend(u.runtime.secrets_package.clone());
     if let Some(r) = &u.runtime.update {
@@ -54,40 +47,7 @@ fn needed(u: &UpdateServer, gravity: &Locator) -> Vec<Locator> {
     out
 }
 
-/// Creates `target` in the cluster store from the latest other version of
-/// the same name (same labels), unless it exists; returns whether created.
-fn derive(s: &LocalStore, target: &Locator, extra: &Labels) -> Result<bool, PackError> {
-    if s.envelope(target).is_ok() {
-        return Ok(false);
-    }
-    let mut labels = s
-        .versions(target.repository(), target.name())?
-        .into_iter()
-        .rev()
-        .find(|e| e.locator != *target)
-        .map(|e| e.labels)
-        .unwrap_or_default();
-    labels.apply(extra, &[]);
-    let content = format!("generated {target}\n").repeat(8);
-    s.create(
-        target,
-        &mut content.as_bytes(),
-        PackageOptions::labels(labels),
-    )?;
-    Ok(true)
-}
-
-fn teleport_master_config(u: &UpdateServer, cluster: &str, version: &str) -> Option<Locator> {
-    let ip = u.server.advertise_ip.replace(['.', ':'], "");
-    Locator::new(
-        cluster,
-        &format!("teleport-master-config-{ip}{cluster}"),
-        version,
-    )
-    .ok()
-}
-
-async fn bootstrap_node(
+pub(super) async fn bootstrap_node(
     b: &Backends,
     ctx: &PhaseContext,
     d: &BootstrapData,
@@ -143,7 +103,7 @@ async fn bootstrap_node(
     Ok(())
 }
 
-fn unbootstrap_node(b: &Backends, node: &str, rec: &Record) -> Result<(), PhaseError> {
+pub(super) fn unbootstrap_node(b: &Backends, node: &str, rec: &Record) -> Result<(), PhaseError> {
     b.packages
         .with(&StoreSelector::Node(node.to_string()), |ns| {
             for (l, k) in &rec.labels_added {
@@ -164,7 +124,7 @@ fn unbootstrap_node(b: &Backends, node: &str, rec: &Record) -> Result<(), PhaseE
 #[async_trait]
 impl PhaseExecutor for Bootstrap {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
+        Ok(check_run_node(&self.b, ctx).await?)
     }
 
     async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
@@ -177,7 +137,7 @@ impl PhaseExecutor for Bootstrap {
         let mut rec: Record = load(&self.b, ctx, &node).await?.unwrap_or_default();
         let r = bootstrap_node(&self.b, ctx, &d, u, &mut rec).await;
         save(&self.b, ctx, &node, Some(&rec)).await?;
-        r.map_err(boxed)
+        r.map_err(Into::into)
     }
 
     async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
@@ -188,98 +148,8 @@ impl PhaseExecutor for Bootstrap {
         let node = &u.server.hostname;
         if let Some(rec) = load::<Record>(&self.b, ctx, node).await? {
             unbootstrap_node(&self.b, node, &rec)?;
-            save::<()>(&self.b, ctx, node, None).await?;
+            clear(&self.b, ctx, node).await?;
         }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl PhaseExecutor for BootstrapLeader {
-    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
-    }
-
-    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: BootstrapData = data(ctx)?;
-        let Some((lead, _)) = super::run_node(ctx) else {
-            return Err(format!("no server specified for phase {:?}", ctx.path().as_str()).into());
-        };
-        gate(&self.b, ctx, Some(&lead)).await?;
-        let op = ctx.plan().header().operation_id.clone();
-        let cluster = ctx.plan().header().cluster_name.clone();
-        let mut rec: Record = load(&self.b, ctx, &lead).await?.unwrap_or_default();
-        let created = self
-            .b
-            .packages
-            .with(&StoreSelector::Cluster, |cs| {
-                let mut created = Vec::new();
-                for u in &d.updates {
-                    let mut targets: Vec<(Locator, Labels)> = Vec::new();
-                    if let Some(r) = &u.runtime.update {
-                        targets.extend(
-                            u.runtime
-                                .secrets_package
-                                .clone()
-                                .map(|l| (l, Labels::new())),
-                        );
-                        targets.push((r.config_package.clone(), Labels::new()));
-                    }
-                    if let Some(t) = &u.teleport.update {
-                        if let Some(c) = &t.node_config_package {
-                            targets.push((c.clone(), Labels::new()));
-                        }
-                        if u.server.is_master()
-                            && let Some(m) =
-                                teleport_master_config(u, &cluster, t.package.version().as_str())
-                        {
-                            let labels = Labels::from_pairs([
-                                ("advertise-ip", u.server.advertise_ip.as_str()),
-                                ("operation-id", op.as_str()),
-                                ("purpose", "teleport-master-config"),
-                            ]);
-                            targets.push((m, labels));
-                        }
-                    }
-                    for (l, extra) in targets {
-                        if derive(cs, &l, &extra)? {
-                            created.push(l);
-                        }
-                    }
-                }
-                Ok(created)
-            })
-            .ctx(|| "failed to rotate planet configuration".into())?;
-        rec.cluster_created.extend(created);
-        save(&self.b, ctx, &lead, Some(&rec)).await?;
-        if let Some(u) = d.updates.iter().find(|u| u.server.hostname == lead) {
-            let r = bootstrap_node(&self.b, ctx, &d, u, &mut rec).await;
-            save(&self.b, ctx, &lead, Some(&rec)).await?;
-            r?;
-        }
-        Ok(())
-    }
-
-    async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let Some((lead, _)) = super::run_node(ctx) else {
-            return Ok(());
-        };
-        let Some(rec) = load::<Record>(&self.b, ctx, &lead).await? else {
-            return Ok(());
-        };
-        unbootstrap_node(&self.b, &lead, &rec)?;
-        self.b
-            .packages
-            .with(&StoreSelector::Cluster, |cs| {
-                for l in &rec.cluster_created {
-                    if cs.envelope(l).is_ok() {
-                        cs.delete(l)?;
-                    }
-                }
-                Ok(())
-            })
-            .ctx(|| "failed to delete generated packages".into())?;
-        save::<()>(&self.b, ctx, &lead, None).await?;
         Ok(())
     }
 }

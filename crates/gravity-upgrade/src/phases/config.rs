@@ -5,7 +5,7 @@ use gravity_pack::location::StoreSelector;
 use gravity_pack::{Labels, PackageStore, PullOptions, WriteMode, pull};
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 
-use super::{Context, boxed, check_run_node, data, executor_struct, gate};
+use super::common::{Context, check_run_node, data, executor_struct, gated_node_data};
 use crate::executors::NodeData;
 
 executor_struct!(
@@ -28,13 +28,12 @@ fn labels(ctx: &PhaseContext, d: &NodeData) -> Labels {
 #[async_trait]
 impl PhaseExecutor for Config {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
+        Ok(check_run_node(&self.b, ctx).await?)
     }
 
     async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: NodeData = data(ctx)?;
+        let d = gated_node_data(&self.b, ctx).await?;
         let node = &d.server.hostname;
-        gate(&self.b, ctx, Some(node)).await?;
         let filter = labels(ctx, &d);
         let repo = ctx.plan().header().cluster_name.clone();
         let pulled = self

@@ -1,11 +1,11 @@
 //! `election_status`: enable/disable leader election on masters.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 
-use super::{Context, boxed, check_server, data, executor_struct, gate, load, save};
+use super::common::{
+    Context, check_server, clear, data, executor_struct, gate, load_first, remember_first,
+};
 use crate::executors::ElectionData;
 
 executor_struct!(
@@ -19,17 +19,13 @@ executor_struct!(
 impl PhaseExecutor for ElectionStatus {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
         let d: ElectionData = data(ctx)?;
-        check_server(&self.b, ctx, &d.server.hostname, &d.server.advertise_ip)
-            .await
-            .map_err(boxed)
+        Ok(check_server(&self.b, ctx, &d.server.hostname, &d.server.advertise_ip).await?)
     }
 
     async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
         let d: ElectionData = data(ctx)?;
         let node = &d.server.hostname;
         gate(&self.b, ctx, Some(node)).await?;
-        let mut prev: BTreeMap<String, Option<bool>> =
-            load(&self.b, ctx, node).await?.unwrap_or_default();
         let changes = d
             .disable
             .iter()
@@ -42,8 +38,7 @@ impl PhaseExecutor for ElectionStatus {
                 .set_enabled(&n.hostname, value)
                 .await
                 .ctx(|| format!("setting leader election on {:?} to {value}", n.advertise_ip))?;
-            prev.entry(n.hostname.clone()).or_insert(old);
-            save(&self.b, ctx, node, Some(&prev)).await?;
+            remember_first(&self.b, ctx, node, n.hostname.clone(), old).await?;
         }
         if d.disable.is_empty() {
             return Ok(());
@@ -76,7 +71,7 @@ impl PhaseExecutor for ElectionStatus {
     async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
         let d: ElectionData = data(ctx)?;
         let node = &d.server.hostname;
-        let Some(prev) = load::<BTreeMap<String, Option<bool>>>(&self.b, ctx, node).await? else {
+        let Some(prev) = load_first::<Option<bool>>(&self.b, ctx, node).await? else {
             return Ok(());
         };
         for (n, v) in prev {
@@ -87,7 +82,6 @@ impl PhaseExecutor for ElectionStatus {
                 .await
                 .ctx(|| format!("setting leader election on {n:?} to {v}"))?;
         }
-        save::<()>(&self.b, ctx, node, None).await?;
-        Ok(())
+        Ok(clear(&self.b, ctx, node).await?)
     }
 }

@@ -85,6 +85,69 @@ impl Default for SimSpec {
     }
 }
 
+/// Which upgrade image [`SimulatedCluster::write_upgrade_image_of`]
+/// writes. Every kind brings the seed target's application version
+/// (telekube 5.5.50-dev.9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UpgradeKind {
+    /// The seed's upgrade image ([`ClusterImage::seed_target`]): new
+    /// runtime (planet 5.5.54, etcd 3.3.22) and system applications.
+    #[default]
+    Full,
+    /// Only the application version changes; the runtime is the installed
+    /// one. The plan is `/checks`, `/pre-update`, `/app`, `/gc` (spec
+    /// §1.6 A): no `/masters`, no `/etcd`.
+    AppOnly,
+    /// The seed's new runtime with the installed etcd version: `/masters`
+    /// and the rest of the runtime upgrade, but no `/etcd` (spec §1.4).
+    NoEtcdChange,
+}
+
+impl UpgradeKind {
+    /// Every kind.
+    pub const ALL: [UpgradeKind; 3] = [
+        UpgradeKind::Full,
+        UpgradeKind::AppOnly,
+        UpgradeKind::NoEtcdChange,
+    ];
+
+    /// The kebab-case name (`app-only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeKind::Full => "full",
+            UpgradeKind::AppOnly => "app-only",
+            UpgradeKind::NoEtcdChange => "no-etcd-change",
+        }
+    }
+
+    /// The upgrade image of this kind for a cluster with `installed`.
+    pub fn image(self, installed: &ClusterImage) -> BackendResult<ClusterImage> {
+        let target = ClusterImage::seed_target();
+        Ok(match self {
+            UpgradeKind::Full => target,
+            UpgradeKind::AppOnly => installed
+                .with_app_version(target.app.version().as_str())
+                .map_err(|e| BackendError::Other(e.to_string()))?,
+            UpgradeKind::NoEtcdChange => ClusterImage {
+                etcd_version: installed.etcd_version.clone(),
+                ..target
+            },
+        })
+    }
+}
+
+impl std::str::FromStr for UpgradeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UpgradeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown upgrade kind {s:?}; use full, app-only or no-etcd-change")
+            })
+    }
+}
+
 /// Free bytes reported by a node with the `disk-full` fault.
 pub const DISK_FULL_FREE: u64 = 50 << 20;
 /// Clock offset of a node with the `clock-skew` fault.
@@ -284,6 +347,18 @@ impl SimulatedCluster {
     /// Writes the seed's upgrade image ([`ClusterImage::seed_target`]) to `path`.
     pub fn write_upgrade_image(&self, path: &Path) -> BackendResult<()> {
         self.write_image(&ClusterImage::seed_target(), path)
+    }
+
+    /// Writes the upgrade image of `kind` for this cluster to `path`;
+    /// returns the image.
+    pub fn write_upgrade_image_of(
+        &self,
+        kind: UpgradeKind,
+        path: &Path,
+    ) -> BackendResult<ClusterImage> {
+        let image = kind.image(&self.cluster()?.installed)?;
+        self.write_image(&image, path)?;
+        Ok(image)
     }
 
     /// Writes a cluster image of `image` (synthetic contents) to `path`.
@@ -605,6 +680,30 @@ fn initial_state(spec: &SimSpec) -> SimState {
                 cluster.name, m.advertise_ip
             ),
             "true".into(),
+        );
+    }
+    // Gravity's own backend: roles (in the old format when the cluster
+    // still has `assignKubernetesGroups` rules) and trusted clusters.
+    let admin_rule = if cluster.legacy_role_rules {
+        serde_json::json!({"resources": ["*"], "verbs": ["*"],
+                           "actions": ["assignKubernetesGroups(\"admin\")"]})
+    } else {
+        serde_json::json!({"resources": ["*"], "verbs": ["*"]})
+    };
+    let mut allow = serde_json::json!({"logins": ["root"], "rules": [admin_rule]});
+    if !cluster.legacy_role_rules {
+        allow["kubernetes_groups"] = serde_json::json!(["admin"]);
+    }
+    let role = serde_json::json!({"kind": "role", "version": "v3",
+        "metadata": {"name": "@teleadmin"}, "spec": {"allow": allow, "deny": {}}});
+    data.insert(
+        format!("{}@teleadmin", crate::phases::roles::ROLES),
+        role.to_string(),
+    );
+    for name in &cluster.trusted_clusters {
+        data.insert(
+            format!("{}{name}", crate::phases::links::TRUSTED_CLUSTERS),
+            serde_json::json!({"name": name, "enabled": true}).to_string(),
         );
     }
     etcd.data.insert(dir, data);

@@ -1,6 +1,5 @@
-//! Node system phases: `update_system`, the Docker device phases
-//! (`devicemapper`, `format`, `mount`, `planet_start`) and
-//! `flannel_restart`.
+//! `update_system`: a node's packages and runtime switched to the new
+//! versions (spec §3, "update_system").
 
 use async_trait::async_trait;
 use gravity_pack::location::StoreSelector;
@@ -8,11 +7,11 @@ use gravity_pack::{Labels, Locator, PackageStore};
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, PhaseError, boxed, check_run_node, data, executor_struct, gate, load, save};
-use crate::backend::Backends;
-use crate::executors::{
-    self as ex, DockerDeviceData, NodeData, PlanetStartData, SystemUpgradeData,
+use super::common::{
+    Context, PhaseError, check_run_node, clear, data, executor_struct, gate, load, save,
 };
+use crate::backend::Backends;
+use crate::executors::SystemUpgradeData;
 
 executor_struct!(
     /// `update_system`: moves the `installed` label from the installed
@@ -22,30 +21,6 @@ executor_struct!(
     /// switches back to the previous runtime.
     SystemUpgrade
 );
-executor_struct!(
-    /// `planet_start`: starts the new runtime. Rollback stops it if this
-    /// phase started it.
-    PlanetStart
-);
-executor_struct!(
-    /// `flannel_restart`: restarts flanneld. Rollback: nothing.
-    FlannelRestart
-);
-
-/// `devicemapper`, `format`, `mount`: move the Docker device to the state
-/// of the kind. Rollback puts back the previous state.
-#[derive(Debug, Clone)]
-pub struct DockerDevice {
-    b: Backends,
-    kind: &'static str,
-}
-
-impl DockerDevice {
-    /// The executor of `kind` over `backends`.
-    pub fn new(backends: Backends, kind: &'static str) -> Self {
-        DockerDevice { b: backends, kind }
-    }
-}
 
 /// A package changeset: label moves and the runtime switch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,7 +122,7 @@ fn move_labels(b: &Backends, node: &str, moves: &[(Locator, Locator)]) -> Result
 #[async_trait]
 impl PhaseExecutor for SystemUpgrade {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
+        Ok(check_run_node(&self.b, ctx).await?)
     }
 
     async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
@@ -240,128 +215,6 @@ impl PhaseExecutor for SystemUpgrade {
                     .ctx(|| format!("failed to roll back the runtime of node {node} to {from}"))?;
             }
         }
-        save::<()>(&self.b, ctx, &node, None).await?;
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct DeviceRecord {
-    previous: String,
-}
-
-#[async_trait]
-impl PhaseExecutor for DockerDevice {
-    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
-    }
-
-    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: DockerDeviceData = data(ctx)?;
-        let node = &d.server.hostname;
-        gate(&self.b, ctx, Some(node)).await?;
-        let state = match self.kind {
-            ex::DEVICEMAPPER => "none",
-            ex::FORMAT => "formatted",
-            _ => "mounted",
-        };
-        let prev = self
-            .b
-            .nodes
-            .set_docker_device(node, &d.docker_device, state)
-            .await
-            .ctx(|| format!("failed to reconfigure {} on node {node}", d.docker_device))?;
-        if load::<DeviceRecord>(&self.b, ctx, node).await?.is_none() {
-            save(&self.b, ctx, node, Some(&DeviceRecord { previous: prev })).await?;
-        }
-        Ok(())
-    }
-
-    async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: DockerDeviceData = data(ctx)?;
-        let node = &d.server.hostname;
-        if let Some(r) = load::<DeviceRecord>(&self.b, ctx, node).await? {
-            self.b
-                .nodes
-                .set_docker_device(node, &d.docker_device, &r.previous)
-                .await
-                .ctx(|| format!("failed to restore {} on node {node}", d.docker_device))?;
-            save::<()>(&self.b, ctx, node, None).await?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Started {
-    started: bool,
-}
-
-#[async_trait]
-impl PhaseExecutor for PlanetStart {
-    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
-    }
-
-    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: PlanetStartData = data(ctx)?;
-        let node = &d.update.server.hostname;
-        gate(&self.b, ctx, Some(node)).await?;
-        let started = self
-            .b
-            .nodes
-            .set_runtime_running(node, true)
-            .await
-            .ctx(|| format!("failed to start the runtime on node {node}"))?;
-        let prev: Started = load(&self.b, ctx, node).await?.unwrap_or_default();
-        save(
-            &self.b,
-            ctx,
-            node,
-            Some(&Started {
-                started: prev.started || started,
-            }),
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn rollback(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: PlanetStartData = data(ctx)?;
-        let node = &d.update.server.hostname;
-        if let Some(r) = load::<Started>(&self.b, ctx, node).await? {
-            if r.started {
-                self.b
-                    .nodes
-                    .set_runtime_running(node, false)
-                    .await
-                    .ctx(|| format!("failed to stop the runtime on node {node}"))?;
-            }
-            save::<()>(&self.b, ctx, node, None).await?;
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl PhaseExecutor for FlannelRestart {
-    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
-    }
-
-    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: NodeData = data(ctx)?;
-        let node = &d.server.hostname;
-        gate(&self.b, ctx, Some(node)).await?;
-        self.b
-            .nodes
-            .restart_service(node, "flanneld")
-            .await
-            .ctx(|| "failed to restart flanneld".into())?;
-        Ok(())
-    }
-
-    async fn rollback(&self, _ctx: &PhaseContext) -> Result<(), ExecError> {
-        Ok(())
+        Ok(clear(&self.b, ctx, &node).await?)
     }
 }

@@ -1,17 +1,13 @@
-//! `pre_update` and `update_app`: application hooks and versions.
+//! `update_app`: a runtime or user application updated through its hooks
+//! (`/runtime/<app>`, `/app/<app>`).
 
 use async_trait::async_trait;
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 
-use super::{Context, boxed, check_master, data, executor_struct, gate};
+use super::common::{Context, check_master, data, executor_struct, gate};
 use crate::backend::Hook;
 use crate::executors::AppData;
 
-executor_struct!(
-    /// `pre_update`: runs the new application's `preUpdate` hook if it has
-    /// one. Rollback: nothing (Gravity's too).
-    PreUpdate
-);
 executor_struct!(
     /// `update_app`: runs the `update` and `postUpdate` hooks (resources
     /// only for `rbac-app`) and records the new version. Rollback runs the
@@ -21,35 +17,9 @@ executor_struct!(
 );
 
 #[async_trait]
-impl PhaseExecutor for PreUpdate {
-    async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_master(&self.b, ctx).await.map_err(boxed)
-    }
-
-    async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: AppData = data(ctx)?;
-        gate(&self.b, ctx, None).await?;
-        let out = self
-            .b
-            .kube
-            .run_hook(&d.package, Hook::PreUpdate)
-            .await
-            .ctx(|| format!("{}(preUpdate) hook failed", d.package))?;
-        for l in out.logs {
-            ctx.info(l);
-        }
-        Ok(())
-    }
-
-    async fn rollback(&self, _ctx: &PhaseContext) -> Result<(), ExecError> {
-        Ok(())
-    }
-}
-
-#[async_trait]
 impl PhaseExecutor for UpdateApp {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_master(&self.b, ctx).await.map_err(boxed)
+        Ok(check_master(&self.b, ctx).await?)
     }
 
     async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {

@@ -11,7 +11,9 @@ use gravity_pack::{Labels, Locator, PackageStore, PullOptions, pull};
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, PhaseError, boxed, check_run_node, data, executor_struct, gate, load, save};
+use super::common::{
+    Context, PhaseError, check_run_node, clear, data, executor_struct, gated_node_data, load, save,
+};
 use crate::executors::NodeData;
 
 executor_struct!(
@@ -31,13 +33,12 @@ struct Removed {
 #[async_trait]
 impl PhaseExecutor for Cleanup {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        check_run_node(&self.b, ctx).await.map_err(boxed)
+        Ok(check_run_node(&self.b, ctx).await?)
     }
 
     async fn execute(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
-        let d: NodeData = data(ctx)?;
+        let d = gated_node_data(&self.b, ctx).await?;
         let node = d.server.hostname.clone();
-        gate(&self.b, ctx, Some(&node)).await?;
         if let Err(e) = self.b.nodes.gc_journal(&node).await {
             ctx.info(format!(
                 "warning: failed to clean up the journal on {node}: {e}"
@@ -126,7 +127,6 @@ impl PhaseExecutor for Cleanup {
                 ),
             }));
         }
-        save::<()>(&self.b, ctx, &node, None).await?;
-        Ok(())
+        Ok(clear(&self.b, ctx, &node).await?)
     }
 }
