@@ -131,8 +131,8 @@ pub enum AgentCommand {
     Shutdown,
 }
 
-fn site(globals: &Globals) -> Result<Site, crate::CliError> {
-    Ok(Site::open(&globals.state_dir)?)
+async fn site(globals: &Globals) -> Result<Site, crate::CliError> {
+    crate::backends::site(globals).await
 }
 
 /// `gravity sim …`
@@ -186,7 +186,7 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
         SimCommand::Inspect { output } => {
-            let snap = site(globals)?.sim().inspect()?;
+            let snap = site(globals).await?.sim().inspect()?;
             let text = match output.as_str() {
                 "json" => serde_json::to_string_pretty(&snap)? + "\n",
                 "text" => snap.render_text(),
@@ -199,7 +199,7 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
         }
         SimCommand::Fault { kind, node, phase } => {
             let kind: FaultKind = kind.parse()?;
-            let s = site(globals)?;
+            let s = site(globals).await?;
             let mut fault = Fault::new(kind);
             fault.node = node.clone();
             fault.phase = phase;
@@ -211,7 +211,7 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
         }
         SimCommand::Heal { kind, node } => {
             let kind: FaultKind = kind.parse()?;
-            let n = site(globals)?.sim().heal(kind, node.as_deref())?;
+            let n = site(globals).await?.sim().heal(kind, node.as_deref())?;
             let on = node.as_deref().unwrap_or("every node");
             cmdlog::line("event", &format!("fault {kind} healed on {on}"));
             println!("Healed {n} {kind} fault(s) on {on}");
@@ -232,7 +232,7 @@ fn with_workers(mut c: Cluster, workers: usize) -> Cluster {
 
 /// `gravity upgrade`
 pub async fn upgrade(args: UpgradeArgs, globals: &Globals) -> CliResult {
-    let site = site(globals)?;
+    let site = site(globals).await?;
     let opts = UpgradeOptions {
         force: args.force,
         parallel_workers: args.parallel_workers,
@@ -309,7 +309,8 @@ pub async fn after_complete(
     id: &str,
     state: OperationState,
 ) -> Result<(), crate::CliError> {
-    if let Ok(site) = Site::open(&globals.state_dir) {
+    if globals.state_dir.join("sim/cluster.json").exists() {
+        let site = site(globals).await?;
         site.finish(id, state).await?;
         cmdlog::line("event", &format!("operation {id} {state}"));
     }
@@ -336,7 +337,7 @@ pub async fn status(args: StatusArgs, globals: &Globals) -> CliResult {
 
 /// The `gravity status` text.
 pub async fn status_text(globals: &Globals) -> Result<String, crate::CliError> {
-    let site = site(globals)?;
+    let site = site(globals).await?;
     // A status is a health probe: its failures and recoveries go to the
     // history. Without a probe (the node list is unavailable) the node
     // status falls back to reachability.
@@ -494,7 +495,7 @@ pub fn history_text(globals: &Globals) -> String {
 
 /// `gravity status-reset`
 pub async fn status_reset(args: StatusResetArgs, globals: &Globals) -> CliResult {
-    let site = site(globals)?;
+    let site = site(globals).await?;
     if !args.confirm {
         print!(
             "WARNING! This operation will force-set the cluster state to active without any\nextra checks.\n\nProceed? (yes/no): "
@@ -518,7 +519,7 @@ pub async fn status_reset(args: StatusResetArgs, globals: &Globals) -> CliResult
 
 /// `gravity agent …`
 pub async fn agent(cmd: AgentCommand, globals: &Globals) -> CliResult {
-    let site = site(globals)?;
+    let site = site(globals).await?;
     match cmd {
         AgentCommand::Deploy => {
             step("Deploying agents on the cluster nodes");

@@ -25,9 +25,12 @@ pub async fn run(args: DemoArgs, globals: &Globals) -> CliResult {
     let dir = globals
         .state_dir
         .join(format!("demo-{}", Utc::now().format("%Y%m%d-%H%M%S%.3f")));
+    // The demo always runs on a simulated cluster of its own.
     let g = Globals {
         state_dir: dir.clone(),
         debug: globals.debug,
+        kubeconfig: None,
+        etcd_endpoints: None,
     };
     crate::cmdlog::init(&dir);
     let image = dir.join("telekube-5.5.50-dev.9.tar");

@@ -3,6 +3,7 @@
 //! Argument parsing and printing only; every command is a few lines over a
 //! library call.
 
+mod backends;
 mod cluster_cmd;
 mod cmdlog;
 mod demo;
@@ -33,6 +34,29 @@ pub struct Cli {
     /// Print engine detail (every state change) to stderr.
     #[arg(long, global = true)]
     debug: bool,
+
+    /// Act on a real Kubernetes API server through this kubeconfig file
+    /// (`auto`: $KUBECONFIG, ~/.kube/config, or the in-cluster service
+    /// account, as kubectl finds them) instead of the simulated cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "GRAVITY_KUBECONFIG",
+        value_name = "FILE|auto"
+    )]
+    kubeconfig: Option<String>,
+
+    /// Keep plans in the cluster-wide store on this etcd (comma-separated
+    /// client URLs, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379) and
+    /// use its leader election keys; the node's local copy stays
+    /// authoritative while etcd is unreachable.
+    #[arg(
+        long,
+        global = true,
+        env = "GRAVITY_ETCD_ENDPOINTS",
+        value_name = "URLS"
+    )]
+    etcd_endpoints: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -91,12 +115,18 @@ pub struct Globals {
     pub state_dir: PathBuf,
     /// `--debug`.
     pub debug: bool,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<String>,
+    /// `--etcd-endpoints`.
+    pub etcd_endpoints: Option<String>,
 }
 
 async fn run(cli: Cli) -> CliResult {
     let globals = Globals {
         state_dir: cli.state_dir.unwrap_or_else(default_state_dir),
         debug: cli.debug,
+        kubeconfig: cli.kubeconfig,
+        etcd_endpoints: cli.etcd_endpoints,
     };
     match cli.command {
         Command::Operation(cmd) => plan_cmd::operation(cmd, &globals).await,

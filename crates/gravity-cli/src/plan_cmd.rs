@@ -195,7 +195,7 @@ async fn open_engine(
     id: Option<&str>,
     timeout: Option<Duration>,
 ) -> Result<(Engine, CancellationToken), CliError> {
-    let store = open_store(&globals.state_dir)?;
+    let store = crate::backends::plan_store(globals).await?;
     let op = select_operation(store.as_ref(), id).await?;
     let console = Console::new(globals.debug);
     console.start_heartbeat();
@@ -203,7 +203,8 @@ async fn open_engine(
     // On a cluster, the upgrade's phase kinds and agent dispatch; else the
     // built-in kinds, run locally.
     let mut cfg = EngineConfig::new(registry());
-    if let Ok(site) = gravity_upgrade::operation::Site::open(&globals.state_dir) {
+    if globals.state_dir.join("sim/cluster.json").exists() {
+        let site = crate::backends::site(globals).await?;
         cfg = EngineConfig::new(site.registry()?).dispatcher(site.dispatcher()?);
     }
     let cfg = cfg
@@ -234,7 +235,7 @@ fn report_failure(e: EngineError) -> CliResult {
 
 /// `gravity operation …`
 pub async fn operation(cmd: OperationCommand, globals: &Globals) -> CliResult {
-    let store = open_store(&globals.state_dir)?;
+    let store = crate::backends::plan_store(globals).await?;
     match cmd {
         OperationCommand::Create { plan } => {
             let name = plan.display().to_string();
@@ -314,14 +315,27 @@ fn display_view(view: &PlanView, format: Format) -> String {
 }
 
 async fn display(args: DisplayArgs, globals: &Globals) -> CliResult {
-    let store = open_store(&globals.state_dir)?;
+    // `--tail` on a cluster-wide store follows etcd itself through a
+    // watch, so progress made from other nodes shows at once.
+    let cluster = match args.tail {
+        true => crate::backends::tail_store(globals)?,
+        false => None,
+    };
+    let store = match &cluster {
+        Some(c) => c.store.clone(),
+        None => crate::backends::plan_store(globals).await?,
+    };
     let op = select_operation(store.as_ref(), args.operation_id.as_deref()).await?;
     let plan = store.plan(&op.id).await?;
     let graph = PlanGraph::build(plan)?;
     let changes = store.changes(&op.id, 0).await?;
     let view = PlanView::resolve(graph, &changes);
     if args.tail {
-        return tail(store.as_ref(), &op, view, &changes).await;
+        let watch = match &cluster {
+            Some(c) => Some(c.etcd.watch_changes(&op.id, view.last_seq()).await?),
+            None => None,
+        };
+        return tail(store.as_ref(), &op, view, &changes, watch).await;
     }
     let mut out = std::io::stdout().lock();
     out.write_all(display_view(&view, args.output).as_bytes())?;
@@ -336,6 +350,7 @@ async fn tail(
     op: &OperationRecord,
     mut view: PlanView,
     history: &[gravity_plan::PhaseChange],
+    mut watch: Option<gravity_etcd::plan_store::ChangeStream>,
 ) -> CliResult {
     let cancel = interrupt_token();
     // The latest change of each started leaf, in leaf order.
@@ -373,12 +388,26 @@ async fn tail(
             );
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = cancel.cancelled() => return Ok(ExitCode::from(130)),
-        }
+        let changes = match &mut watch {
+            // Changes arrive as they are appended; the timeout only paces
+            // the operation-state check below.
+            Some(w) => tokio::select! {
+                item = futures::StreamExt::next(w) => match item {
+                    Some(c) => vec![c?],
+                    None => return Err("the etcd watch ended; run the command again".into()),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => Vec::new(),
+                _ = cancel.cancelled() => return Ok(ExitCode::from(130)),
+            },
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = cancel.cancelled() => return Ok(ExitCode::from(130)),
+                }
+                store.changes(&op.id, view.last_seq()).await?
+            }
+        };
         polls += 1;
-        let changes = store.changes(&op.id, view.last_seq()).await?;
         for c in &changes {
             view.apply(c);
             if let Some(line) = render::tail_line(&view, c) {

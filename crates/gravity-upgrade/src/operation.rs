@@ -97,6 +97,48 @@ pub struct Site {
     state_dir: PathBuf,
     sim: SimulatedCluster,
     plans: Arc<dyn PlanStore>,
+    overrides: BackendOverrides,
+}
+
+/// Real backends that replace the simulated cluster's (Kubernetes through
+/// kube-rs, etcd and leader election on a real etcd) and a plan store that
+/// replaces the state directory's (the cluster-wide store in etcd). What is
+/// not overridden stays simulated.
+#[derive(Clone, Default)]
+pub struct BackendOverrides {
+    /// Kubernetes.
+    pub kube: Option<Arc<dyn crate::backend::Kubernetes>>,
+    /// etcd members and keys.
+    pub etcd: Option<Arc<dyn crate::backend::Etcd>>,
+    /// Leader election.
+    pub election: Option<Arc<dyn crate::backend::Election>>,
+    /// The plan store.
+    pub plans: Option<Arc<dyn PlanStore>>,
+    /// Waits and limits (real clusters need Gravity's, not the simulation's).
+    pub timing: Option<crate::backend::Timing>,
+}
+
+impl BackendOverrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self.kube.is_none()
+            && self.etcd.is_none()
+            && self.election.is_none()
+            && self.plans.is_none()
+            && self.timing.is_none()
+    }
+}
+
+impl std::fmt::Debug for BackendOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendOverrides")
+            .field("kube", &self.kube.is_some())
+            .field("etcd", &self.etcd.is_some())
+            .field("election", &self.election.is_some())
+            .field("plans", &self.plans.is_some())
+            .field("timing", &self.timing)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Site {
@@ -115,13 +157,27 @@ pub fn plan_store(state_dir: &Path) -> Result<Arc<dyn PlanStore>, StoreError> {
 impl Site {
     /// Opens the cluster of a state directory.
     pub fn open(state_dir: &Path) -> Result<Site, LifecycleError> {
+        Site::open_with(state_dir, BackendOverrides::default())
+    }
+
+    /// Opens the cluster of a state directory with some backends (and the
+    /// plan store) replaced by real ones.
+    pub fn open_with(
+        state_dir: &Path,
+        overrides: BackendOverrides,
+    ) -> Result<Site, LifecycleError> {
         if !state_dir.join("sim/cluster.json").exists() {
             return Err(LifecycleError::NoCluster(state_dir.display().to_string()));
         }
+        let plans = match &overrides.plans {
+            Some(p) => p.clone(),
+            None => plan_store(state_dir)?,
+        };
         Ok(Site {
             state_dir: state_dir.to_path_buf(),
             sim: SimulatedCluster::open(state_dir)?,
-            plans: plan_store(state_dir)?,
+            plans,
+            overrides,
         })
     }
 
@@ -150,6 +206,19 @@ impl Site {
     /// Backends acting on the cluster, as the local node.
     pub fn backends(&self) -> Result<Backends, LifecycleError> {
         let mut b = self.sim.backends();
+        let o = &self.overrides;
+        if let Some(k) = &o.kube {
+            b.kube = k.clone();
+        }
+        if let Some(e) = &o.etcd {
+            b.etcd = e.clone();
+        }
+        if let Some(e) = &o.election {
+            b.election = e.clone();
+        }
+        if let Some(t) = &o.timing {
+            b.timing = t.clone();
+        }
         b.local_node = Some(self.local_node()?);
         Ok(b)
     }
