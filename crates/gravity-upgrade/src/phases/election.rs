@@ -15,6 +15,19 @@ executor_struct!(
     ElectionStatus
 );
 
+impl ElectionStatus {
+    /// Whether some master has election enabled (so a leader will come).
+    async fn electable(&self) -> Result<bool, ExecError> {
+        let flags = self
+            .b
+            .election
+            .status()
+            .await
+            .ctx(|| "reading the election flags".into())?;
+        Ok(flags.values().any(|enabled| *enabled))
+    }
+}
+
 #[async_trait]
 impl PhaseExecutor for ElectionStatus {
     async fn pre_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
@@ -53,6 +66,15 @@ impl PhaseExecutor for ElectionStatus {
             match leader {
                 Some(l) if d.disable.iter().any(|n| n.hostname == l) => {
                     ctx.info(format!("waiting for {l:?} to step down as k8s leader"));
+                    if attempt + 1 < self.b.timing.poll_attempts {
+                        tokio::time::sleep(self.b.timing.poll_interval).await;
+                    }
+                }
+                // No leader yet: a new one is still being elected. As in
+                // Gravity, where the leader lookup fails and is retried, keep
+                // waiting, unless no master may be elected at all.
+                None if self.electable().await? => {
+                    ctx.info("waiting for a new k8s leader to be elected".to_string());
                     if attempt + 1 < self.b.timing.poll_attempts {
                         tokio::time::sleep(self.b.timing.poll_interval).await;
                     }
