@@ -4,6 +4,8 @@
 //! listing and latest-version lookups.
 //!
 //! Sizes can be changed with `GRAVITY_BENCH_INGEST_MIB` (default 1024).
+//! `ingest_*_tmpfs` runs the same ingest into a store on `/dev/shm`: the
+//! store's own cost without the disk's.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -89,6 +91,32 @@ fn ingest(c: &mut Criterion) {
             total
         })
     });
+    // The same on a memory file system (where `fsync` costs nothing): the
+    // store's own cost of hashing, copying and committing, without the
+    // disk, to compare with the hashing reference.
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        let mem_dir = tempfile::tempdir_in(shm).unwrap();
+        let mem_store = LocalStore::open(mem_dir.path().join("store")).unwrap();
+        g.bench_function(format!("ingest_{mib}MiB_tmpfs"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    i += 1;
+                    let l = Locator::parse(&format!("bench.io/p:1.0.{i}")).unwrap();
+                    let mut f = std::fs::File::open(&file).unwrap();
+                    let t = Instant::now();
+                    mem_store
+                        .create(&l, &mut f, PackageOptions::default())
+                        .unwrap();
+                    total += t.elapsed();
+                    mem_store.delete(&l).unwrap();
+                    mem_store.gc().unwrap();
+                }
+                total
+            })
+        });
+    }
     let kept = Locator::parse("bench.io/p:2.0.0").unwrap();
     store
         .create(
