@@ -55,7 +55,7 @@ pub use plan::{
 };
 pub use state::{Actor, NewChange, OperationState, PhaseChange, PhaseState, derive_state};
 pub use store::{
-    FileStore, LockInfo, LogIndex, MemoryStore, OperationRecord, PlanStore, StoreError,
-    check_operation_id,
+    CommitStats, FileStore, LockInfo, LogIndex, MemoryStore, OperationRecord, PlanStore,
+    StoreError, check_operation_id,
 };
 pub use view::PlanView;

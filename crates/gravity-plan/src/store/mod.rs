@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use file::FileStore;
+pub use file::{CommitStats, FileStore};
 pub use memory::MemoryStore;
 
 use crate::path::PhasePath;
