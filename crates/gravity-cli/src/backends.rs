@@ -1,12 +1,15 @@
 //! Which backends a command acts on: the simulated cluster of the state
 //! directory by default; Kubernetes through kube-rs with `--kubeconfig`;
 //! the cluster-wide plan store and leader election on a real etcd with
-//! `--etcd-endpoints`.
+//! `--etcd-endpoints`, and, when the state directory holds a rehearsal
+//! etcd cluster (`gravity sim etcd start`), its members for the `/etcd`
+//! phases too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use gravity_etcd::{EtcdClient, EtcdPlanStore, SyncedPlanStore};
+use gravity_etcd::backend::election::SimulatedCampaign;
+use gravity_etcd::{EtcdClient, EtcdPlanStore, Rehearsal, SyncedPlanStore};
 use gravity_plan::{FileStore, PlanStore};
 use gravity_upgrade::backend::Timing;
 use gravity_upgrade::operation::{BackendOverrides, Site};
@@ -17,9 +20,25 @@ use crate::{CliError, Globals};
 /// How long one etcd request may take before the next member is tried.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The same on a rehearsal machine: loopback members answer in ms, and a
+/// request to a member left without quorum by the `/etcd` phases only
+/// fails at this timeout, which the plan store pays while etcd is down.
+const REHEARSAL_ETCD_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn etcd_client(endpoints: &str) -> Result<EtcdClient, CliError> {
     EtcdClient::from_list(endpoints, ETCD_TIMEOUT)
         .map_err(|e| format!("--etcd-endpoints: {e}").into())
+}
+
+/// The client of the plan stores: [`etcd_client`], with a shorter timeout
+/// when the state directory holds a rehearsal cluster.
+fn plans_client(globals: &Globals, endpoints: &str) -> Result<EtcdClient, CliError> {
+    let timeout = if Rehearsal::exists(&Rehearsal::root_of(&globals.state_dir)) {
+        REHEARSAL_ETCD_TIMEOUT
+    } else {
+        ETCD_TIMEOUT
+    };
+    EtcdClient::from_list(endpoints, timeout).map_err(|e| format!("--etcd-endpoints: {e}").into())
 }
 
 /// The plan store: the state directory's, or, with `--etcd-endpoints`,
@@ -38,7 +57,7 @@ pub async fn plan_store(globals: &Globals) -> Result<Arc<dyn PlanStore>, CliErro
             Ok(Arc::new(store))
         }
         Some(endpoints) => {
-            let store = SyncedPlanStore::open_dir(&dir, etcd_client(endpoints)?)
+            let store = SyncedPlanStore::open_dir(&dir, plans_client(globals, endpoints)?)
                 .await
                 .map_err(|e| format!("cannot open the plan store in {}: {e}", dir.display()))?;
             if !store.cluster_reachable() {
@@ -77,6 +96,48 @@ pub fn tail_store(globals: &Globals) -> Result<Option<ClusterPlans>, CliError> {
     }
 }
 
+/// The rehearsal etcd cluster of the state directory, when
+/// `--etcd-endpoints` is given and `<state>/etcd/cluster.json` exists.
+/// The endpoints must be members of it (else the `/etcd` phases would
+/// act on other members than the plans and keys).
+fn rehearsal(globals: &Globals) -> Result<Option<Rehearsal>, CliError> {
+    let Some(endpoints) = &globals.etcd_endpoints else {
+        return Ok(None);
+    };
+    let root = Rehearsal::root_of(&globals.state_dir);
+    if !Rehearsal::exists(&root) {
+        return Ok(None);
+    }
+    let r = Rehearsal::open(&root)?;
+    let members = r.endpoints();
+    let given: Vec<String> = etcd_client(endpoints)?.endpoints().to_vec();
+    if let Some(other) = given.iter().find(|e| !members.contains(e)) {
+        return Err(format!(
+            "--etcd-endpoints: {other} is not a member of the rehearsal etcd cluster in {} (its members: {}); give those, or remove the rehearsal with \"gravity sim etcd stop\" and its directory",
+            root.display(),
+            members.join(",")
+        )
+        .into());
+    }
+    Ok(Some(r))
+}
+
+/// For commands that may execute phases on a rehearsal machine: a
+/// [`SimulatedCampaign`] on the rehearsal cluster's election keys, running
+/// until the returned guard is dropped. Nothing on a rehearsal machine
+/// runs planet's election loop, and the leader step-down and election
+/// phases wait for the leader key to move. `None` without a rehearsal
+/// cluster (on a real cluster planet campaigns).
+///
+/// Endpoints that are not the rehearsal's only matter once phases act on
+/// members (the backends refuse them then); `plan` still shows the plan.
+pub fn campaign(globals: &Globals) -> Result<Option<SimulatedCampaign>, CliError> {
+    match rehearsal(globals).ok().flatten() {
+        Some(r) => Ok(Some(r.start_campaign()?)),
+        None => Ok(None),
+    }
+}
+
 /// The backends that replace the simulated ones.
 pub async fn overrides(globals: &Globals) -> Result<BackendOverrides, CliError> {
     let mut o = BackendOverrides::default();
@@ -97,6 +158,15 @@ pub async fn overrides(globals: &Globals) -> Result<BackendOverrides, CliError> 
             gravity_etcd::backend::election::EtcdElection::for_cluster(client, &cluster),
         ));
         o.plans = Some(plan_store(globals).await?);
+        if let Some(r) = rehearsal(globals)? {
+            // The /etcd phases act on the rehearsal's etcd processes.
+            o.etcd = Some(Arc::new(r.backend()?));
+            if o.timing.is_none() {
+                // Real members answer in ms, not µs; a leader step-down
+                // takes the campaign's lease (0.5 s): wait up to 10 s.
+                o.timing = Some(gravity_etcd::rehearsal::timing());
+            }
+        }
     }
     Ok(o)
 }

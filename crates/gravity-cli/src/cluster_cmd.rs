@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+use gravity_etcd::Rehearsal;
 use gravity_plan::render::format_time;
 use gravity_plan::{Engine, EngineConfig, OperationState};
+use gravity_upgrade::backend::EtcdAddress;
 use gravity_upgrade::operation::{Site, UpgradeOptions};
 use gravity_upgrade::sim::{Fault, FaultKind, SimSpec, SimulatedCluster, UpgradeKind};
 use gravity_upgrade::{Cluster, ClusterState, OperationStatus};
@@ -73,6 +75,36 @@ pub enum SimCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Run a real local etcd cluster for the simulated cluster, to rehearse
+    /// the etcd upgrade for real on one machine.
+    #[command(subcommand)]
+    Etcd(SimEtcdCommand),
+}
+
+/// `gravity sim etcd …`
+#[derive(Debug, Subcommand)]
+pub enum SimEtcdCommand {
+    /// Start a real etcd cluster on this machine: one detached `etcd`
+    /// process per simulated master, on free 127.0.0.1 ports, data dirs
+    /// under <state-dir>/etcd/, seeded with the simulated cluster's etcd
+    /// keys, and print the endpoints to give to --etcd-endpoints.
+    ///
+    /// With --etcd-endpoints, commands then keep plans in this etcd, use
+    /// its election keys, and the /etcd phases stop, upgrade, restore and
+    /// restart these processes (Kubernetes and the nodes stay simulated).
+    /// Nothing on this machine runs planet's leader election loop, so
+    /// every gravity command that executes phases runs a simulated
+    /// campaign (it keeps the leader key on an enabled master) while it
+    /// runs.
+    ///
+    /// If the cluster exists already, its stopped members are started
+    /// again where they last served (normal or upgrade address).
+    #[command(verbatim_doc_comment)]
+    Start,
+    /// Stop the members (SIGTERM, then SIGKILL after 10 s); their data stays.
+    Stop,
+    /// Show each member: process, version, data dir, address in use, health.
+    Status,
 }
 
 /// `gravity upgrade`
@@ -209,12 +241,102 @@ pub async fn sim(cmd: SimCommand, globals: &Globals) -> CliResult {
             println!("Injected {kind} on {on}");
             Ok(ExitCode::SUCCESS)
         }
+        SimCommand::Etcd(cmd) => sim_etcd(cmd, globals).await,
         SimCommand::Heal { kind, node } => {
             let kind: FaultKind = kind.parse()?;
             let n = site(globals).await?.sim().heal(kind, node.as_deref())?;
             let on = node.as_deref().unwrap_or("every node");
             cmdlog::line("event", &format!("fault {kind} healed on {on}"));
             println!("Healed {n} {kind} fault(s) on {on}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `gravity sim etcd …`
+async fn sim_etcd(cmd: SimEtcdCommand, globals: &Globals) -> CliResult {
+    let root = Rehearsal::root_of(&globals.state_dir);
+    match cmd {
+        SimEtcdCommand::Start => {
+            let sim = SimulatedCluster::open(&globals.state_dir)?;
+            let (r, report) = Rehearsal::start(&root, &sim).await?;
+            for m in &r.spec().members {
+                let word = if report.started.contains(&m.node) {
+                    "Started"
+                } else {
+                    "Running"
+                };
+                println!(
+                    "{word} etcd member {} at {} (peer {})",
+                    m.node, m.client_url, m.peer_url
+                );
+            }
+            if report.created {
+                println!(
+                    "Seeded {} keys from the simulated cluster {}",
+                    report.seeded,
+                    r.spec().cluster
+                );
+                cmdlog::line(
+                    "event",
+                    &format!("rehearsal etcd started in {}", root.display()),
+                );
+            }
+            println!("Endpoints:\t{}", r.endpoints().join(","));
+            println!(
+                "Use them with --etcd-endpoints (or GRAVITY_ETCD_ENDPOINTS); stop the members with \"gravity sim etcd stop\"."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SimEtcdCommand::Stop => {
+            let r = Rehearsal::open(&root)?;
+            for (node, was) in r.stop().await? {
+                if was {
+                    println!("Stopped etcd member {node}");
+                } else {
+                    println!("etcd member {node} was not running");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SimEtcdCommand::Status => {
+            let r = Rehearsal::open(&root)?;
+            let mut rows = vec![
+                [
+                    "Node", "Process", "Version", "Binary", "Address", "Health", "Data dir",
+                ]
+                .map(String::from)
+                .to_vec(),
+                [
+                    "----", "-------", "-------", "------", "-------", "------", "--------",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for s in r.status().await? {
+                let address = match s.address {
+                    EtcdAddress::Normal => "normal",
+                    EtcdAddress::Upgrade => "upgrade",
+                };
+                rows.push(vec![
+                    s.node,
+                    match s.pid {
+                        Some(pid) if s.running => format!("running (pid {pid})"),
+                        _ if s.running => "running".into(),
+                        _ => "stopped".into(),
+                    },
+                    s.version.to_string(),
+                    s.server_version.unwrap_or_else(|| "-".into()),
+                    if s.running {
+                        format!("{address} {}", s.url)
+                    } else {
+                        format!("(last {address} {})", s.url)
+                    },
+                    if s.healthy { "healthy" } else { "-" }.into(),
+                    s.data_dir.display().to_string(),
+                ]);
+            }
+            print!("{}", gravity_plan::render::tabulate(&rows));
             Ok(ExitCode::SUCCESS)
         }
     }

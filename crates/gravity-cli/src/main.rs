@@ -128,6 +128,14 @@ async fn run(cli: Cli) -> CliResult {
         kubeconfig: cli.kubeconfig,
         etcd_endpoints: cli.etcd_endpoints,
     };
+    // On a rehearsal machine nothing runs planet's election loop: commands
+    // that may execute phases run a simulated campaign while they run.
+    let _campaign = match &cli.command {
+        Command::Plan(_) | Command::Rollback(_) | Command::Upgrade(_) => {
+            backends::campaign(&globals)?
+        }
+        _ => None,
+    };
     match cli.command {
         Command::Operation(cmd) => plan_cmd::operation(cmd, &globals).await,
         Command::Plan(args) => plan_cmd::plan(args, &globals).await,

@@ -423,7 +423,13 @@ async fn tail(
             }
         }
         if polls.is_multiple_of(4) {
-            let rec = store.operation(&op.id).await?;
+            // Following etcd, an unreachable etcd (its own upgrade stops it)
+            // is waited out: the watch reconnects and replays what it missed.
+            let rec = match store.operation(&op.id).await {
+                Ok(rec) => rec,
+                Err(_) if watch.is_some() => continue,
+                Err(e) => return Err(e.into()),
+            };
             if rec.state.is_finished() {
                 println!(
                     "{}\tOperation {} is {}",

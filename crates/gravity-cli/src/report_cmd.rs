@@ -134,7 +134,12 @@ pub async fn run(args: ReportArgs, globals: &Globals) -> CliResult {
 
     // State written by other parts of gravity (the simulated cluster, the
     // status history), copied as they are when present.
-    for rel in ["sim/cluster.json", "status/history.jsonl", "cluster.json"] {
+    for rel in [
+        "sim/cluster.json",
+        "sim/cluster.journal",
+        "status/history.jsonl",
+        "cluster.json",
+    ] {
         if let Ok(body) = std::fs::read(state.join(rel)) {
             r.add(rel, &body)?;
         }

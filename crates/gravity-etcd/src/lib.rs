@@ -9,6 +9,9 @@
 //!   ([`EtcdBackend`], members started and stopped through a
 //!   [`MemberControl`]) and its `Election` backend over Gravity's election
 //!   keys ([`backend::election::EtcdElection`]).
+//! - [`rehearsal`]: a real etcd cluster of detached local processes, one
+//!   member per master of a simulated cluster, that the `/etcd` phases
+//!   upgrade for real (`gravity sim etcd start`).
 //! - [`plan_store`]: the cluster-wide plan store in etcd
 //!   ([`EtcdPlanStore`], with `--tail` through a watch) and a node's store
 //!   that keeps its local copy authoritative and syncs it with etcd
@@ -18,12 +21,14 @@ pub mod backend;
 pub mod client;
 pub mod harness;
 pub mod plan_store;
+pub mod rehearsal;
 
 pub use backend::{
-    EtcdBackend, EtcdBackendConfig, EtcdBackendError, HarnessControl, MemberControl,
+    EtcdBackend, EtcdBackendConfig, EtcdBackendError, HarnessControl, MemberControl, ProcessControl,
 };
 pub use client::{
     Compare, EtcdClient, EtcdError, EtcdResult, KeyValue, TxnOp, TxnResult, WatchEvent,
 };
 pub use harness::{HarnessError, LocalEtcdCluster};
 pub use plan_store::{EtcdPlanStore, SyncConfig, SyncReport, SyncedPlanStore};
+pub use rehearsal::Rehearsal;

@@ -413,21 +413,32 @@ impl LocalStore {
                 ));
             }
         };
-        // Best effort: only used to name the holder in `Locked` errors.
-        let _ = write_atomic(&root.join("owner"), holder_description().as_bytes());
-        let txn = db
-            .begin_write()
-            .map_err(PackError::db("cannot initialise index"))?;
-        {
-            txn.open_table(PACKAGES)
+        // Best effort, and not synced: only used to name the holder in
+        // `Locked` errors (a store is opened per command, so this must
+        // stay cheap).
+        let _ = write_unsynced(&root.join("owner"), holder_description().as_bytes());
+        // Create the tables once; opening an initialised store commits
+        // nothing (a commit is a sync).
+        let initialised = db.begin_read().is_ok_and(|r| {
+            r.open_table(PACKAGES).is_ok()
+                && r.open_table(LOCATORS).is_ok()
+                && r.open_table(REFS).is_ok()
+        });
+        if !initialised {
+            let txn = db
+                .begin_write()
                 .map_err(PackError::db("cannot initialise index"))?;
-            txn.open_table(LOCATORS)
-                .map_err(PackError::db("cannot initialise index"))?;
-            txn.open_table(REFS)
+            {
+                txn.open_table(PACKAGES)
+                    .map_err(PackError::db("cannot initialise index"))?;
+                txn.open_table(LOCATORS)
+                    .map_err(PackError::db("cannot initialise index"))?;
+                txn.open_table(REFS)
+                    .map_err(PackError::db("cannot initialise index"))?;
+            }
+            txn.commit()
                 .map_err(PackError::db("cannot initialise index"))?;
         }
-        txn.commit()
-            .map_err(PackError::db("cannot initialise index"))?;
         let blobs = BlobStore::open(&root)?;
         Ok(LocalStore {
             root,
@@ -819,6 +830,16 @@ impl Drop for LocalStore {
     fn drop(&mut self) {
         let _ = fs::remove_file(self.root.join("owner"));
     }
+}
+
+/// Writes `bytes` to `path` through a renamed temporary file, without
+/// syncing: for informational files whose loss in a crash does not matter.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}", tmp_name()));
+    let ctx = || format!("cannot write {}", path.display());
+    fs::write(&tmp, bytes).map_err(PackError::io(ctx()))?;
+    fs::rename(&tmp, path).map_err(PackError::io(ctx()))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

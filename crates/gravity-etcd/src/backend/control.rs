@@ -3,7 +3,8 @@
 //! [`MemberControl`] is the small interface between the backend's
 //! bookkeeping (versions, data dirs, addresses, cluster tokens) and the
 //! processes. [`HarnessControl`] implements it over a [`LocalEtcdCluster`]
-//! for tests and rehearsals. A production implementation would drive
+//! for tests; [`ProcessControl`](super::ProcessControl) over detached local
+//! processes for rehearsals. A production implementation would drive
 //! planet's etcd service on each node (`planet etcd disable|enable
 //! [--upgrade]` through the node's agent, with the data dir and client
 //! address written to planet's etcd environment); it is not part of this

@@ -26,8 +26,10 @@
 //! are accepted and do nothing, `member` is `None`.
 //!
 //! Processes are started and stopped through a [`MemberControl`];
-//! [`HarnessControl`] drives a [`LocalEtcdCluster`] for tests and
-//! rehearsals. A production control would drive planet's etcd service on
+//! [`HarnessControl`] drives a [`LocalEtcdCluster`] for tests, and
+//! [`ProcessControl`] detached local `etcd` processes that outlive the
+//! `gravity` command that started them (the rehearsal cluster of
+//! [`crate::rehearsal`]). A production control would drive planet's etcd service on
 //! each node; it is not part of this crate yet.
 //!
 //! **Versions and binaries.** Debian ships a single etcd binary, so
@@ -51,8 +53,9 @@
 mod control;
 pub mod election;
 mod error;
-mod gateway;
-mod state;
+pub(crate) mod gateway;
+pub mod process;
+pub(crate) mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -67,6 +70,7 @@ use gravity_upgrade::backend::{
 
 pub use control::{HarnessControl, InitialClusterState, MemberControl, MemberSpec};
 pub use error::{ControlError, EtcdBackendError};
+pub use process::{ProcessControl, ProcessMember, ProcessOptions, ProcessRecord};
 pub use state::{KeptMember, MemberState};
 
 use crate::client::{EtcdClient, TxnOp};
@@ -521,13 +525,13 @@ impl EtcdBackend {
         &self,
         node: &str,
         url: &str,
-        data: &BTreeMap<String, String>,
+        data: &BTreeMap<String, Vec<u8>>,
     ) -> Result<(), EtcdBackendError> {
         let client =
             EtcdClient::new([url], self.request_timeout).map_err(EtcdBackendError::client(node))?;
         let ops: Vec<TxnOp> = data
             .iter()
-            .map(|(k, v)| TxnOp::Put(k.clone(), v.as_bytes().to_vec()))
+            .map(|(k, v)| TxnOp::Put(k.clone(), v.clone()))
             .collect();
         for batch in ops.chunks(self.restore_batch) {
             client
@@ -560,13 +564,13 @@ impl EtcdBackend {
         let kvs = gateway::range_all(&self.http, &s.normal_url, self.request_timeout)
             .await
             .map_err(EtcdBackendError::client(node))?;
+        // Values are kept as bytes: Kubernetes stores protobuf in etcd.
         let mut data = BTreeMap::new();
         for (k, v) in kvs {
-            let value = text(v, &k)?;
             let key = text(k.clone(), &k)?;
-            data.insert(key, value);
+            data.insert(key, v);
         }
-        let (body, trailer) = backup::encode(&data);
+        let (body, trailer) = backup::encode_raw(&data);
         let file2 = file.clone();
         tokio::task::spawn_blocking(move || state::write_durably(&file2, body.as_bytes()))
             .await
@@ -588,7 +592,11 @@ impl EtcdBackend {
         self.stop(node).await
     }
 
-    async fn do_start(&self, node: &str, address: EtcdAddress) -> Result<bool, EtcdBackendError> {
+    pub(crate) async fn do_start(
+        &self,
+        node: &str,
+        address: EtcdAddress,
+    ) -> Result<bool, EtcdBackendError> {
         let Some(e) = self.member_entry(node)? else {
             // A worker's etcd proxy: nothing to start here (Gravity resets
             // its clients and watches).
@@ -743,7 +751,7 @@ impl EtcdBackend {
                 });
             }
         };
-        let data = backup::decode(&body).map_err(|reason| EtcdBackendError::BadBackup {
+        let data = backup::decode_raw(&body).map_err(|reason| EtcdBackendError::BadBackup {
             path: display,
             reason,
         })?;

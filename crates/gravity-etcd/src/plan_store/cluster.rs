@@ -441,6 +441,16 @@ impl EtcdPlanStore {
         Ok(cache.changes[start..].to_vec())
     }
 
+    /// How many changelog entries etcd holds for `id` (entries are
+    /// numbered from 1 without gaps, so this is also the last one's).
+    pub(crate) async fn entry_count(&self, id: &str) -> Result<u64, Fail> {
+        check_operation_id(id)?;
+        let slot = self.slot(id);
+        let mut cache = slot.cache.lock().await;
+        self.refresh(id, &mut cache).await?;
+        Ok(cache.changes.len() as u64)
+    }
+
     pub(crate) async fn create(&self, plan: &Plan) -> Result<OperationRecord, Fail> {
         let id = plan.operation_id.as_str();
         check_operation_id(id)?;

@@ -414,6 +414,26 @@ impl SyncedPlanStore {
             st.in_cluster = true;
         }
         self.catch_up_local(id, st, &HashSet::new()).await?;
+        // etcd holds fewer entries than this process pulled: it was
+        // restored from a backup (the etcd upgrade restores the backup
+        // taken before its members were stopped). The entries it lost
+        // are pushed again, in local order, before newer ones, so every
+        // node resolves each phase as this one does.
+        if st.pulled > 0 && cluster.entry_count(id).await? < st.pulled {
+            let theirs: HashSet<uuid::Uuid> = cluster
+                .entries_after(id, 0)
+                .await?
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            st.unpushed = local
+                .changes(id, 0)
+                .await?
+                .into_iter()
+                .filter(|c| !theirs.contains(&c.id))
+                .collect();
+            st.pulled = 0;
+        }
         let pushed = self.push(id, st).await?;
         report.pushed += pushed;
         *reached |= pushed > 0;

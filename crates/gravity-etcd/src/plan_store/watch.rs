@@ -92,6 +92,15 @@ impl Tail {
                     // A gap (a watch event we missed): read what is missing.
                     let missing = match self.store.entries_after(&self.id, self.next - 1).await {
                         Ok(m) => m,
+                        // etcd went away (an etcd upgrade stops it): the
+                        // reconnect replays from the same place.
+                        Err(Fail::Etcd(_)) => {
+                            self.pending.clear();
+                            if let Err(e) = self.reconnect().await {
+                                return self.fail(e);
+                            }
+                            continue;
+                        }
                         Err(e) => return self.fail(e.into_store()),
                     };
                     if missing.first().map(|m| m.seq) != Some(self.next) {
@@ -140,6 +149,15 @@ impl Tail {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(Fail::Etcd(e)) => return Err(etcd_error(e)),
+                // A member without quorum answers reads with errors of
+                // its own (an etcd upgrade under way): retried as well.
+                Err(Fail::Store(e))
+                    if !matches!(e, StoreError::NotFound(_)) && Instant::now() < deadline =>
+                {
+                    let _ = e;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
                 Err(Fail::Store(e)) => return Err(e),
             }
         }

@@ -43,7 +43,7 @@ pub(crate) fn dns_config(s: &SimState, node: &str) -> Option<DnsConfig> {
 
 /// The member through which clients see the cluster's data.
 fn serving_member(s: &SimState) -> Option<&str> {
-    s.cluster.masters().map(|m| m.hostname.as_str()).find(|h| {
+    s.master_names().iter().map(String::as_str).find(|h| {
         s.etcd
             .members
             .get(*h)
@@ -57,19 +57,19 @@ pub(crate) fn cluster_data(s: &SimState) -> Option<&BTreeMap<String, String>> {
     s.etcd.data.get(&s.etcd.members[m].data_dir)
 }
 
-fn cluster_data_mut(s: &mut SimState) -> BackendResult<&mut BTreeMap<String, String>> {
-    let Some(m) = serving_member(s).map(str::to_string) else {
+/// The data dir through which clients see the cluster's data.
+fn serving_dir(s: &SimState) -> BackendResult<String> {
+    let Some(m) = serving_member(s) else {
         return Err(BackendError::Etcd {
             node: s.cluster.name.clone(),
             detail: "no etcd member serves clients (the etcd cluster is down); finish or roll back the /etcd phase".into(),
         });
     };
-    let dir = s.etcd.members[&m].data_dir.clone();
-    Ok(s.etcd.data.entry(dir).or_default())
+    Ok(s.etcd.members[m].data_dir.clone())
 }
 
 fn known(s: &SimState, node: &str) -> BackendResult<()> {
-    if s.cluster.node(node).is_none() {
+    if s.position(node).is_none() {
         return Err(BackendError::UnknownNode(node.to_string()));
     }
     Ok(())
@@ -90,46 +90,18 @@ fn kube_node<'a>(
     s: &'a mut SimState,
     node: &str,
 ) -> BackendResult<&'a mut super::state::SimKubeNode> {
-    s.kube
-        .nodes
-        .get_mut(node)
+    s.kube_node_mut(node)
         .ok_or_else(|| BackendError::UnknownNode(node.to_string()))
-}
-
-fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Puts pending pods on schedulable nodes.
 fn schedule(s: &mut SimState) {
-    for i in 0..s.kube.pods.len() {
-        if s.kube.pods[i].node.is_none()
-            && let Some(n) = pick_node(s, None)
-        {
-            s.kube.pods[i].node = Some(n);
+    let pending: Vec<usize> = s.pending_pods().collect();
+    for i in pending {
+        if let Some(n) = s.pick_node(None) {
+            s.set_pod_node(i, Some(n));
         }
     }
-}
-
-/// The schedulable node with the fewest pods (cluster order breaks ties).
-fn pick_node(s: &SimState, except: Option<&str>) -> Option<String> {
-    s.cluster
-        .nodes
-        .iter()
-        .map(|n| n.hostname.as_str())
-        .filter(|h| Some(*h) != except)
-        .filter(|h| {
-            s.kube.nodes.get(*h).is_some_and(|k| !k.unschedulable)
-                && s.nodes.get(*h).is_some_and(|n| n.runtime_running)
-        })
-        .min_by_key(|h| {
-            s.kube
-                .pods
-                .iter()
-                .filter(|p| p.node.as_deref() == Some(*h))
-                .count()
-        })
-        .map(str::to_string)
 }
 
 fn created_objects(s: &mut SimState, objects: &[&str], cm: Option<(&str, &str)>) -> Created {
@@ -154,80 +126,76 @@ fn created_objects(s: &mut SimState, objects: &[&str], cm: Option<(&str, &str)>)
 #[async_trait]
 impl Kubernetes for SimulatedCluster {
     async fn nodes(&self) -> BackendResult<Vec<NodeInfo>> {
-        let s = self.read()?;
-        let mut out = Vec::new();
-        for n in &s.cluster.nodes {
-            out.push(node_info(&s, &n.hostname)?);
-        }
-        Ok(out)
+        self.look(|s| {
+            let mut out = Vec::new();
+            for n in &s.cluster.nodes {
+                out.push(node_info(s, &n.hostname)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn node(&self, name: &str) -> BackendResult<NodeInfo> {
-        node_info(&self.read()?, name)
+        self.look(|s| node_info(s, name)).await
     }
 
     async fn cordon(&self, node: &str) -> BackendResult<bool> {
-        self.update(|s| {
-            let k = kube_node(s, node)?;
-            let changed = !k.unschedulable;
-            k.unschedulable = true;
-            Ok(changed)
+        self.change(|s| {
+            if s.kube.nodes.get(node).is_some_and(|k| k.unschedulable) {
+                return Ok(false);
+            }
+            kube_node(s, node)?.unschedulable = true;
+            s.refresh_eligible(node);
+            Ok(true)
         })
+        .await
     }
 
     async fn uncordon(&self, node: &str) -> BackendResult<bool> {
-        self.update(|s| {
-            let k = kube_node(s, node)?;
-            let changed = k.unschedulable;
-            k.unschedulable = false;
+        self.change(|s| {
+            let changed = s.kube.nodes.get(node).is_some_and(|k| k.unschedulable);
+            if changed {
+                kube_node(s, node)?.unschedulable = false;
+                s.refresh_eligible(node);
+            } else {
+                known(s, node)?;
+                if !s.kube.nodes.contains_key(node) {
+                    return Err(BackendError::UnknownNode(node.to_string()));
+                }
+            }
             schedule(s);
             Ok(changed)
         })
+        .await
     }
 
     async fn drain(&self, node: &str, opts: &DrainOptions) -> BackendResult<DrainReport> {
-        self.update(|s| {
+        self.change(|s| {
             known(s, node)?;
             let blocked_by_fault = s.fault(FaultKind::EvictionBlocked, node).is_some();
             let mut report = DrainReport::default();
             let mut blocked = Vec::new();
             let mut budgets = Vec::new();
-            let on_node: Vec<usize> = (0..s.kube.pods.len())
-                .filter(|&i| s.kube.pods[i].node.as_deref() == Some(node))
-                .collect();
+            let on_node: Vec<usize> = s.pods_on(node).collect();
             for i in on_node {
                 let p = &s.kube.pods[i];
                 if p.mirror || p.owner.as_deref() == Some("DaemonSet") {
                     report.skipped.push(p.key());
                     continue;
                 }
-                let pdbs: Vec<_> = s
-                    .kube
-                    .pdbs
+                let target = s.pick_node(Some(node));
+                let refusing: Vec<String> = s
+                    .pdbs_of(i)
                     .iter()
-                    .filter(|b| b.namespace == p.namespace && matches(&b.selector, &p.labels))
-                    .cloned()
-                    .collect();
-                let target = pick_node(s, Some(node));
-                let refusing: Vec<String> = pdbs
-                    .iter()
-                    .filter(|b| {
+                    .filter(|&&j| {
                         if blocked_by_fault {
                             return true;
                         }
-                        let running = s
-                            .kube
-                            .pods
-                            .iter()
-                            .filter(|q| {
-                                q.node.is_some()
-                                    && q.namespace == b.namespace
-                                    && matches(&b.selector, &q.labels)
-                            })
-                            .count();
-                        target.is_none() && running.saturating_sub(1) < b.min_available
+                        let running = s.pdb_running(j);
+                        target.is_none() && running.saturating_sub(1) < s.kube.pdbs[j].min_available
                     })
-                    .map(|b| format!("{}/{}", b.namespace, b.name))
+                    .map(|&j| format!("{}/{}", s.kube.pdbs[j].namespace, s.kube.pdbs[j].name))
                     .collect();
                 if !refusing.is_empty() {
                     blocked.push(p.key());
@@ -239,9 +207,8 @@ impl Kubernetes for SimulatedCluster {
                     continue;
                 }
                 report.evicted.push(p.key());
-                let p = &mut s.kube.pods[i];
-                p.node = target;
-                p.restarts += 1;
+                s.set_pod_node(i, target);
+                s.pod_mut(i).restarts += 1;
             }
             if !blocked.is_empty() {
                 return Err(BackendError::EvictionBlocked {
@@ -253,10 +220,11 @@ impl Kubernetes for SimulatedCluster {
             }
             Ok(report)
         })
+        .await
     }
 
     async fn add_taint(&self, node: &str, taint: &Taint) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             let k = kube_node(s, node)?;
             if k.taints.contains(taint) {
                 return Ok(false);
@@ -264,15 +232,17 @@ impl Kubernetes for SimulatedCluster {
             k.taints.push(taint.clone());
             Ok(true)
         })
+        .await
     }
 
     async fn remove_taint(&self, node: &str, taint: &Taint) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             let k = kube_node(s, node)?;
             let before = k.taints.len();
             k.taints.retain(|t| t != taint);
             Ok(k.taints.len() != before)
         })
+        .await
     }
 
     async fn set_node_labels(
@@ -280,7 +250,7 @@ impl Kubernetes for SimulatedCluster {
         node: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> BackendResult<BTreeMap<String, Option<String>>> {
-        self.update(|s| {
+        self.change(|s| {
             let k = kube_node(s, node)?;
             let mut prev = BTreeMap::new();
             for (key, v) in labels {
@@ -292,10 +262,11 @@ impl Kubernetes for SimulatedCluster {
             }
             Ok(prev)
         })
+        .await
     }
 
     async fn create_kubelet_permissions(&self) -> BackendResult<Created> {
-        self.update(|s| {
+        self.change(|s| {
             Ok(created_objects(
                 s,
                 &[
@@ -305,10 +276,11 @@ impl Kubernetes for SimulatedCluster {
                 None,
             ))
         })
+        .await
     }
 
     async fn create_coredns(&self, corefile: &str) -> BackendResult<Created> {
-        self.update(|s| {
+        self.change(|s| {
             Ok(created_objects(
                 s,
                 &[
@@ -318,10 +290,11 @@ impl Kubernetes for SimulatedCluster {
                 Some(("kube-system/coredns", corefile)),
             ))
         })
+        .await
     }
 
     async fn delete_objects(&self, objects: &[String]) -> BackendResult<()> {
-        self.update(|s| {
+        self.change(|s| {
             for o in objects {
                 if let Some(cm) = o.strip_prefix("ConfigMap/") {
                     s.kube.config_maps.remove(cm);
@@ -331,10 +304,11 @@ impl Kubernetes for SimulatedCluster {
             }
             Ok(())
         })
+        .await
     }
 
     async fn run_hook(&self, app: &Locator, hook: Hook) -> BackendResult<HookOutcome> {
-        self.update(|s| {
+        self.change(|s| {
             // Only the user application defines a preUpdate hook.
             let user_app = s.cluster.installed.app.name() == app.name();
             if hook == Hook::PreUpdate && !user_app {
@@ -350,15 +324,17 @@ impl Kubernetes for SimulatedCluster {
                 logs: vec![format!("job {job} completed")],
             })
         })
+        .await
     }
 
     async fn application(&self, repository: &str, name: &str) -> BackendResult<Option<Locator>> {
-        Ok(self
-            .read()?
-            .kube
-            .applications
-            .get(&format!("{repository}/{name}"))
-            .cloned())
+        self.look(|s| {
+            Ok(s.kube
+                .applications
+                .get(&format!("{repository}/{name}"))
+                .cloned())
+        })
+        .await
     }
 
     async fn set_application(
@@ -367,48 +343,18 @@ impl Kubernetes for SimulatedCluster {
         name: &str,
         app: Option<&Locator>,
     ) -> BackendResult<Option<Locator>> {
-        self.update(|s| {
+        self.change(|s| {
             let key = format!("{repository}/{name}");
             Ok(match app {
                 Some(a) => s.kube.applications.insert(key, a.clone()),
                 None => s.kube.applications.remove(&key),
             })
         })
+        .await
     }
 
     async fn wait_endpoints(&self, node: &str, timeout: Duration) -> BackendResult<()> {
-        let s = self.read()?;
-        known(&s, node)?;
-        let not_ready = |detail: String| {
-            Err(BackendError::EndpointsNotReady {
-                node: s.display(node),
-                detail: format!("{detail} (waited {timeout:?})"),
-            })
-        };
-        let running = |h: &str| {
-            s.nodes.get(h).is_some_and(|n| n.runtime_running)
-                && s.fault(FaultKind::NodeUnreachable, h).is_none()
-        };
-        let site = s.kube.pods.iter().any(|p| {
-            p.namespace == "kube-system"
-                && p.labels.get("app").map(String::as_str) == Some("gravity-site")
-                && p.node.as_deref().is_some_and(running)
-        });
-        if !site {
-            return not_ready("no gravity-site endpoint is serving".into());
-        }
-        let dns = s.kube.pods.iter().any(|p| {
-            p.namespace == "kube-system"
-                && matches!(
-                    p.labels.get("k8s-app").map(String::as_str),
-                    Some("kube-dns" | "kubedns" | "kube-dns-worker")
-                )
-                && p.node.as_deref() == Some(node)
-        });
-        if !dns || !running(node) || dns_config(&s, node).is_none() {
-            return not_ready("the node's kube-dns endpoint is not serving".into());
-        }
-        Ok(())
+        self.look(|s| endpoints_ready(s, node, timeout)).await
     }
 
     async fn delete_pods(
@@ -416,16 +362,14 @@ impl Kubernetes for SimulatedCluster {
         namespace: &str,
         selector: &BTreeMap<String, String>,
     ) -> BackendResult<usize> {
-        self.update(|s| {
-            let mut n = 0;
-            for p in &mut s.kube.pods {
-                if p.namespace == namespace && matches(selector, &p.labels) {
-                    p.restarts += 1;
-                    n += 1;
-                }
+        self.change(|s| {
+            let pods = s.select_pods(namespace, selector);
+            for &i in &pods {
+                s.pod_mut(i).restarts += 1;
             }
-            Ok(n)
+            Ok(pods.len())
         })
+        .await
     }
 
     async fn config_map(
@@ -433,12 +377,13 @@ impl Kubernetes for SimulatedCluster {
         namespace: &str,
         name: &str,
     ) -> BackendResult<Option<BTreeMap<String, String>>> {
-        Ok(self
-            .read()?
-            .kube
-            .config_maps
-            .get(&format!("{namespace}/{name}"))
-            .cloned())
+        self.look(|s| {
+            Ok(s.kube
+                .config_maps
+                .get(&format!("{namespace}/{name}"))
+                .cloned())
+        })
+        .await
     }
 
     async fn put_config_map(
@@ -447,14 +392,49 @@ impl Kubernetes for SimulatedCluster {
         name: &str,
         data: Option<&BTreeMap<String, String>>,
     ) -> BackendResult<Option<BTreeMap<String, String>>> {
-        self.update(|s| {
+        self.change(|s| {
             let key = format!("{namespace}/{name}");
             Ok(match data {
                 Some(d) => s.kube.config_maps.insert(key, d.clone()),
                 None => s.kube.config_maps.remove(&key),
             })
         })
+        .await
     }
+}
+
+fn endpoints_ready(s: &SimState, node: &str, timeout: Duration) -> BackendResult<()> {
+    known(s, node)?;
+    let not_ready = |detail: String| {
+        Err(BackendError::EndpointsNotReady {
+            node: s.display(node),
+            detail: format!("{detail} (waited {timeout:?})"),
+        })
+    };
+    let running = |h: &str| {
+        s.nodes.get(h).is_some_and(|n| n.runtime_running)
+            && s.fault(FaultKind::NodeUnreachable, h).is_none()
+    };
+    let site_selector = BTreeMap::from([("app".to_string(), "gravity-site".to_string())]);
+    let site = s
+        .select_pods("kube-system", &site_selector)
+        .into_iter()
+        .any(|i| s.kube.pods[i].node.as_deref().is_some_and(running));
+    if !site {
+        return not_ready("no gravity-site endpoint is serving".into());
+    }
+    let dns = s.pods_on(node).any(|i| {
+        let p = &s.kube.pods[i];
+        p.namespace == "kube-system"
+            && matches!(
+                p.labels.get("k8s-app").map(String::as_str),
+                Some("kube-dns" | "kubedns" | "kube-dns-worker")
+            )
+    });
+    if !dns || !running(node) || dns_config(s, node).is_none() {
+        return not_ready("the node's kube-dns endpoint is not serving".into());
+    }
+    Ok(())
 }
 
 fn node_info(s: &SimState, name: &str) -> BackendResult<NodeInfo> {
@@ -480,7 +460,7 @@ fn member_mut<'a>(s: &'a mut SimState, node: &str) -> Option<&'a mut super::stat
 #[async_trait]
 impl Etcd for SimulatedCluster {
     async fn backup(&self, node: &str, path: &str) -> BackendResult<BackupInfo> {
-        self.update(|s| {
+        self.change(|s| {
             reach(s, node)?;
             let display = s.display(node);
             let Some(m) = s.etcd.members.get(node) else {
@@ -506,30 +486,28 @@ impl Etcd for SimulatedCluster {
                     needed: (text.len() as u64).max(DISK_FULL_FREE + 1),
                 });
             }
-            s.nodes
-                .get_mut(node)
-                .expect("known node")
-                .files
-                .insert(path.to_string(), text);
+            s.put_file(node, path, text);
             Ok(BackupInfo {
                 keys: trailer.count,
                 sha256: trailer.sha256,
             })
         })
+        .await
     }
 
     async fn shutdown(&self, node: &str) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             reach(s, node)?;
             Ok(match member_mut(s, node) {
                 Some(m) => m.serving.take().is_some(),
                 None => false,
             })
         })
+        .await
     }
 
     async fn start(&self, node: &str, address: EtcdAddress) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             reach(s, node)?;
             Ok(match member_mut(s, node) {
                 Some(m) => {
@@ -540,10 +518,11 @@ impl Etcd for SimulatedCluster {
                 None => false,
             })
         })
+        .await
     }
 
     async fn upgrade(&self, node: &str, version: &Version) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             reach(s, node)?;
             let display = s.display(node);
             let Some(m) = member_mut(s, node) else {
@@ -565,13 +544,14 @@ impl Etcd for SimulatedCluster {
             m.version = version.clone();
             m.data_dir = etcd_data_dir(version);
             let dir = m.data_dir.clone();
-            s.etcd.data.entry(dir).or_default();
+            s.etcd_dir(&dir);
             Ok(true)
         })
+        .await
     }
 
     async fn rollback_upgrade(&self, node: &str) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             reach(s, node)?;
             Ok(match member_mut(s, node) {
                 Some(m) => match m.previous.take() {
@@ -585,10 +565,11 @@ impl Etcd for SimulatedCluster {
                 None => false,
             })
         })
+        .await
     }
 
     async fn restore(&self, node: &str, path: &str) -> BackendResult<usize> {
-        self.update(|s| {
+        self.change(|s| {
             reach(s, node)?;
             let display = s.display(node);
             let Some(m) = s.etcd.members.get(node) else {
@@ -619,81 +600,110 @@ impl Etcd for SimulatedCluster {
                 reason,
             })?;
             let n = data.len();
-            s.etcd.data.entry(dir).or_default().extend(data);
+            s.etcd_dir(&dir);
+            for (k, v) in &data {
+                s.etcd_put(&dir, k, v);
+            }
             Ok(n)
         })
+        .await
     }
 
     async fn member(&self, node: &str) -> BackendResult<Option<EtcdMember>> {
-        let s = self.read()?;
-        reach(&s, node)?;
-        Ok(s.etcd.members.get(node).map(|m| EtcdMember {
-            node: node.to_string(),
-            version: m.version.clone(),
-            data_dir: m.data_dir.clone(),
-            previous: m.previous.clone(),
-            serving: m.serving,
-            healthy: m.serving.is_some(),
-        }))
+        self.look(|s| {
+            reach(s, node)?;
+            Ok(s.etcd.members.get(node).map(|m| EtcdMember {
+                node: node.to_string(),
+                version: m.version.clone(),
+                data_dir: m.data_dir.clone(),
+                previous: m.previous.clone(),
+                serving: m.serving,
+                healthy: m.serving.is_some(),
+            }))
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> BackendResult<Option<String>> {
-        let mut s = self.read()?;
-        Ok(cluster_data_mut(&mut s)?.get(key).cloned())
+        self.look(|s| {
+            let dir = serving_dir(s)?;
+            Ok(s.etcd.data.get(&dir).and_then(|m| m.get(key)).cloned())
+        })
+        .await
     }
 
     async fn put(&self, key: &str, value: &str) -> BackendResult<()> {
-        self.update(|s| {
-            cluster_data_mut(s)?.insert(key.to_string(), value.to_string());
+        self.change(|s| {
+            let dir = serving_dir(s)?;
+            s.etcd_put(&dir, key, value);
             Ok(())
         })
+        .await
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<BTreeMap<String, String>> {
-        let mut s = self.read()?;
-        Ok(cluster_data_mut(&mut s)?
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        self.look(|s| {
+            let dir = serving_dir(s)?;
+            Ok(s.etcd
+                .data
+                .get(&dir)
+                .into_iter()
+                .flat_map(|m| {
+                    m.range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
+                })
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        })
+        .await
     }
 }
 
 fn sys<'a>(s: &'a mut SimState, node: &str) -> BackendResult<&'a mut super::state::SimNode> {
     reach(s, node)?;
+    s.node_mut(node)
+        .ok_or_else(|| BackendError::UnknownNode(node.to_string()))
+}
+
+/// A node's system, to read.
+fn sys_ref<'a>(s: &'a SimState, node: &str) -> BackendResult<&'a super::state::SimNode> {
+    reach(s, node)?;
     s.nodes
-        .get_mut(node)
+        .get(node)
         .ok_or_else(|| BackendError::UnknownNode(node.to_string()))
 }
 
 #[async_trait]
 impl NodeSystem for SimulatedCluster {
     async fn ping(&self, node: &str) -> BackendResult<()> {
-        reach(&self.read()?, node)
+        self.look(|s| reach(s, node)).await
     }
 
     async fn agent_running(&self, node: &str) -> BackendResult<bool> {
-        let mut s = self.read()?;
-        Ok(sys(&mut s, node)?.agent_running)
+        self.look(|s| Ok(sys_ref(s, node)?.agent_running)).await
     }
 
     async fn deploy_agent(&self, node: &str) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             let n = sys(s, node)?;
             Ok(!std::mem::replace(&mut n.agent_running, true))
         })
+        .await
     }
 
     async fn shutdown_agent(&self, node: &str) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             let n = sys(s, node)?;
             Ok(std::mem::replace(&mut n.agent_running, false))
         })
+        .await
     }
 
     async fn runtime(&self, node: &str) -> BackendResult<Locator> {
-        let mut s = self.read()?;
-        Ok(sys(&mut s, node)?.runtime.clone())
+        self.look(|s| Ok(sys_ref(s, node)?.runtime.clone())).await
     }
 
     async fn switch_runtime(
@@ -702,73 +712,87 @@ impl NodeSystem for SimulatedCluster {
         package: &Locator,
         no_start: bool,
     ) -> BackendResult<Locator> {
-        self.update(|s| {
+        self.change(|s| {
             let n = sys(s, node)?;
             let prev = std::mem::replace(&mut n.runtime, package.clone());
             n.runtime_running = !no_start;
+            s.refresh_eligible(node);
             schedule(s);
             Ok(prev)
         })
+        .await
     }
 
     async fn set_runtime_running(&self, node: &str, running: bool) -> BackendResult<bool> {
-        self.update(|s| {
+        self.change(|s| {
             let n = sys(s, node)?;
             let changed = n.runtime_running != running;
             n.runtime_running = running;
+            s.refresh_eligible(node);
             schedule(s);
             Ok(changed)
         })
+        .await
     }
 
     async fn disk_space(&self, node: &str, _path: &str) -> BackendResult<DiskSpace> {
-        let mut s = self.read()?;
-        let total = sys(&mut s, node)?.disk_total;
-        Ok(DiskSpace {
-            total,
-            free: disk_free(&s, node),
+        self.look(|s| {
+            let total = sys_ref(s, node)?.disk_total;
+            Ok(DiskSpace {
+                total,
+                free: disk_free(s, node),
+            })
         })
+        .await
     }
 
     async fn clock(&self, node: &str) -> BackendResult<DateTime<Utc>> {
-        let mut s = self.read()?;
-        sys(&mut s, node)?;
-        Ok(Utc::now() + chrono::Duration::milliseconds(clock_offset(&s, node)))
+        self.look(|s| {
+            sys_ref(s, node)?;
+            Ok(Utc::now() + chrono::Duration::milliseconds(clock_offset(s, node)))
+        })
+        .await
     }
 
     async fn dns_config(&self, node: &str) -> BackendResult<Option<DnsConfig>> {
-        let mut s = self.read()?;
-        sys(&mut s, node)?;
-        Ok(dns_config(&s, node))
+        self.look(|s| {
+            sys_ref(s, node)?;
+            Ok(dns_config(s, node))
+        })
+        .await
     }
 
     async fn check_temp_dir(&self, node: &str) -> BackendResult<()> {
-        let mut s = self.read()?;
-        sys(&mut s, node)?;
-        if s.fault(FaultKind::DiskFull, node).is_some() {
-            return Err(BackendError::Injected(format!(
-                "failed to create a test file in temp directory /tmp on {:?}: No space left on device",
-                s.display(node)
-            )));
-        }
-        Ok(())
+        self.look(|s| {
+            sys_ref(s, node)?;
+            if s.fault(FaultKind::DiskFull, node).is_some() {
+                return Err(BackendError::Injected(format!(
+                    "failed to create a test file in temp directory /tmp on {:?}: No space left on device",
+                    s.display(node)
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn restart_service(&self, node: &str, service: &str) -> BackendResult<()> {
-        self.update(|s| {
+        self.change(|s| {
             *sys(s, node)?
                 .service_restarts
                 .entry(service.to_string())
                 .or_default() += 1;
             Ok(())
         })
+        .await
     }
 
     async fn gc_journal(&self, node: &str) -> BackendResult<()> {
-        self.update(|s| {
+        self.change(|s| {
             sys(s, node)?.journal_gc += 1;
             Ok(())
         })
+        .await
     }
 
     async fn set_docker_device(
@@ -777,17 +801,18 @@ impl NodeSystem for SimulatedCluster {
         device: &str,
         state: &str,
     ) -> BackendResult<String> {
-        self.update(|s| {
+        self.change(|s| {
             let n = sys(s, node)?;
             Ok(n.docker_devices
                 .insert(device.to_string(), state.to_string())
                 .unwrap_or_else(|| "none".into()))
         })
+        .await
     }
 
     async fn record(&self, node: &str, key: &str) -> BackendResult<Option<serde_json::Value>> {
-        let mut s = self.read()?;
-        Ok(sys(&mut s, node)?.records.get(key).cloned())
+        self.look(|s| Ok(sys_ref(s, node)?.records.get(key).cloned()))
+            .await
     }
 
     async fn put_record(
@@ -796,27 +821,28 @@ impl NodeSystem for SimulatedCluster {
         key: &str,
         value: Option<&serde_json::Value>,
     ) -> BackendResult<()> {
-        self.update(|s| {
-            let n = sys(s, node)?;
-            match value {
-                Some(v) => n.records.insert(key.to_string(), v.clone()),
-                None => n.records.remove(key),
-            };
+        self.change(|s| {
+            sys_ref(s, node)?;
+            s.put_record(node, key, value.cloned());
             Ok(())
         })
+        .await
     }
 }
 
 #[async_trait]
 impl Election for SimulatedCluster {
     async fn leader(&self) -> BackendResult<Option<String>> {
-        Ok(self.read()?.leader)
+        self.look(|s| Ok(s.leader.clone())).await
     }
 
     async fn set_enabled(&self, node: &str, enabled: bool) -> BackendResult<Option<bool>> {
-        self.update(|s| {
+        self.change(|s| {
             known(s, node)?;
-            if !s.cluster.node(node).is_some_and(|n| n.is_master()) {
+            if !s
+                .position(node)
+                .is_some_and(|i| s.cluster.nodes[i].is_master())
+            {
                 return Err(BackendError::Other(format!(
                     "node {} is not a master; leader election only runs on masters",
                     s.display(node)
@@ -824,8 +850,8 @@ impl Election for SimulatedCluster {
             }
             let prev = s.election.insert(node.to_string(), enabled);
             let key = format!("/planet/cluster/{}/election/{}", s.cluster.name, s.ip(node));
-            if let Ok(data) = cluster_data_mut(s) {
-                data.insert(key, enabled.to_string());
+            if let Ok(dir) = serving_dir(s) {
+                s.etcd_put(&dir, &key, &enabled.to_string());
             } else {
                 return Err(BackendError::Other(format!(
                     "setting leader election on {:?} to {enabled}: etcd is not serving clients",
@@ -835,39 +861,43 @@ impl Election for SimulatedCluster {
             s.reelect();
             Ok(prev)
         })
+        .await
     }
 
     async fn status(&self) -> BackendResult<BTreeMap<String, bool>> {
-        Ok(self.read()?.election)
+        self.look(|s| Ok(s.election.clone())).await
     }
 }
 
 #[async_trait]
 impl PhaseGate for SimulatedCluster {
     async fn before_execute(&self, phase: &str, node: Option<&str>) -> BackendResult<()> {
-        let s = self.read()?;
-        for f in &s.faults {
-            if f.kind != FaultKind::PhaseFails {
-                continue;
-            }
-            let Some(p) = f.phase.as_deref() else {
-                continue;
-            };
-            let hit = phase == p || phase.starts_with(&format!("{}/", p.trim_end_matches('/')));
-            let node_ok = match (&f.node, node) {
-                (None, _) => true,
-                (Some(a), Some(b)) => a == b,
-                (Some(_), None) => false,
-            };
-            if hit && node_ok {
-                let on = node
-                    .map(|n| s.display(n))
-                    .unwrap_or_else(|| "the coordinator".into());
-                return Err(BackendError::Injected(format!(
-                    "phase {phase} failed on node {on}: simulated failure (fault phase-fails); heal it and resume"
-                )));
-            }
-        }
-        Ok(())
+        self.look(|s| gate(s, phase, node)).await
     }
+}
+
+fn gate(s: &SimState, phase: &str, node: Option<&str>) -> BackendResult<()> {
+    for f in &s.faults {
+        if f.kind != FaultKind::PhaseFails {
+            continue;
+        }
+        let Some(p) = f.phase.as_deref() else {
+            continue;
+        };
+        let hit = phase == p || phase.starts_with(&format!("{}/", p.trim_end_matches('/')));
+        let node_ok = match (&f.node, node) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => false,
+        };
+        if hit && node_ok {
+            let on = node
+                .map(|n| s.display(n))
+                .unwrap_or_else(|| "the coordinator".into());
+            return Err(BackendError::Injected(format!(
+                "phase {phase} failed on node {on}: simulated failure (fault phase-fails); heal it and resume"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -1,13 +1,17 @@
-//! A simulated cluster: every backend trait over one state file.
+//! A simulated cluster: every backend trait over one durable state.
 //!
 //! [`SimulatedCluster`] keeps Kubernetes (nodes, pods, disruption budgets,
 //! taints, labels, RBAC objects, ConfigMaps, applications), etcd (members,
 //! versions, data dirs, keys), leader election, the nodes' systems
 //! (runtime, agents, disks, clocks, DNS) and injected [`Fault`]s in
-//! `<state>/sim/cluster.json`. Every change is a read-modify-write under an
-//! exclusive lock on `<state>/sim/cluster.lock`, written through a temporary
-//! file, fsync'd and renamed, so several processes can act on one simulated
-//! cluster at once. It is deterministic and never sleeps.
+//! `<state>/sim/cluster.json` (a snapshot) and `<state>/sim/cluster.journal`
+//! (the changes since). Every call runs under an exclusive lock on
+//! `<state>/sim/cluster.lock` on the state a process keeps in memory
+//! (checked against the files with two `stat`s); a change appends one
+//! record of the parts it touched and returns once the record is synced,
+//! so several processes can act on one simulated cluster at once and a call
+//! costs the same whatever the size of the cluster (see `store.rs`). It is
+//! deterministic and never sleeps.
 //!
 //! [`SimulatedCluster::init`] also fills the cluster package store and
 //! every node's store with the installed packages (labels as in the seed's
@@ -16,10 +20,10 @@
 mod impls;
 mod packages;
 pub mod state;
+mod store;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,10 +157,12 @@ pub const DISK_FULL_FREE: u64 = 50 << 20;
 /// Clock offset of a node with the `clock-skew` fault.
 pub const CLOCK_SKEW_MS: i64 = 2_000;
 
-/// A simulated cluster in a state directory.
+/// A simulated cluster in a state directory. Clones share the state kept
+/// in memory.
 #[derive(Debug, Clone)]
 pub struct SimulatedCluster {
     state_dir: PathBuf,
+    store: Arc<store::Store>,
 }
 
 /// A node in a [`ClusterSnapshot`].
@@ -314,10 +320,8 @@ impl SimulatedCluster {
     /// The simulated cluster of `state_dir` (which [`SimulatedCluster::init`]
     /// must have created).
     pub fn open(state_dir: impl Into<PathBuf>) -> BackendResult<Self> {
-        let s = SimulatedCluster {
-            state_dir: state_dir.into(),
-        };
-        if !s.state_file().exists() {
+        let s = SimulatedCluster::at(state_dir.into());
+        if !s.store.snapshot_path().exists() {
             return Err(BackendError::Other(format!(
                 "no simulated cluster in {}; create one first (e.g. \"gravity demo\")",
                 s.state_dir.display()
@@ -330,18 +334,22 @@ impl SimulatedCluster {
     /// one that is there) and fills the cluster store and every node's
     /// store with the installed packages.
     pub fn init(state_dir: impl Into<PathBuf>, spec: SimSpec) -> BackendResult<Self> {
-        let s = SimulatedCluster {
-            state_dir: state_dir.into(),
-        };
+        let s = SimulatedCluster::at(state_dir.into());
         fs::create_dir_all(s.sim_dir()).map_err(BackendError::io(format!(
             "cannot create {}",
             s.sim_dir().display()
         )))?;
         let state = initial_state(&spec);
         packages::populate(&PackageStores::new(&s.state_dir), &spec.cluster)?;
-        let _lock = s.lock()?;
-        s.write(&state)?;
+        s.store.replace(state)?;
         Ok(s)
+    }
+
+    fn at(state_dir: PathBuf) -> Self {
+        SimulatedCluster {
+            store: Arc::new(store::Store::new(&state_dir)),
+            state_dir,
+        }
     }
 
     /// Writes the seed's upgrade image ([`ClusterImage::seed_target`]) to `path`.
@@ -388,13 +396,15 @@ impl SimulatedCluster {
 
     /// The cluster model.
     pub fn cluster(&self) -> BackendResult<Cluster> {
-        Ok(self.read()?.cluster)
+        self.read(|s| Ok(s.cluster.clone()))
     }
 
     /// Replaces the cluster model (the CLI records operations and state here).
     pub fn set_cluster(&self, cluster: Cluster) -> BackendResult<()> {
         self.update(|s| {
-            s.cluster = cluster;
+            if s.cluster != cluster {
+                s.set_cluster(cluster);
+            }
             Ok(())
         })
     }
@@ -402,8 +412,13 @@ impl SimulatedCluster {
     /// Starts the agents on every node.
     pub fn deploy_agents(&self) -> BackendResult<()> {
         self.update(|s| {
-            for n in s.nodes.values_mut() {
-                n.agent_running = true;
+            let names: Vec<String> = s.nodes.keys().cloned().collect();
+            for n in names {
+                if !s.nodes[&n].agent_running
+                    && let Some(x) = s.node_mut(&n)
+                {
+                    x.agent_running = true;
+                }
             }
             Ok(())
         })
@@ -449,87 +464,78 @@ impl SimulatedCluster {
 
     /// A snapshot of the cluster.
     pub fn inspect(&self) -> BackendResult<ClusterSnapshot> {
-        let s = self.read()?;
-        Ok(snapshot(&s))
+        self.read(|s| Ok(snapshot(s)))
     }
 
     /// The raw state.
     pub fn state(&self) -> BackendResult<SimState> {
-        self.read()
+        self.read(|s| Ok(s.clone()))
     }
 
     fn sim_dir(&self) -> PathBuf {
         self.state_dir.join("sim")
     }
 
-    fn state_file(&self) -> PathBuf {
-        self.sim_dir().join("cluster.json")
+    /// Runs `f` on the state under the lock (waiting for what it saw to be
+    /// durable).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&SimState) -> BackendResult<T>,
+    ) -> BackendResult<T> {
+        let (out, t) = self.store.view(f)?;
+        self.store.sync_to(t)?;
+        out
     }
 
-    fn lock(&self) -> BackendResult<File> {
-        let p = self.sim_dir().join("cluster.lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(BackendError::io(format!("cannot open {}", p.display())))?;
-        f.lock()
-            .map_err(BackendError::io(format!("cannot lock {}", p.display())))?;
-        Ok(f)
-    }
-
-    fn load(&self) -> BackendResult<SimState> {
-        let p = self.state_file();
-        let text = fs::read(&p).map_err(BackendError::io(format!(
-            "cannot read the simulated cluster {}",
-            p.display()
-        )))?;
-        serde_json::from_slice(&text).map_err(|e| {
-            BackendError::Corrupt(format!(
-                "the simulated cluster {} is damaged: {e}; recreate it",
-                p.display()
-            ))
-        })
-    }
-
-    fn write(&self, state: &SimState) -> BackendResult<()> {
-        let p = self.state_file();
-        let tmp = self
-            .sim_dir()
-            .join(format!(".cluster.json.{}.tmp", std::process::id()));
-        let ctx = || format!("cannot write {}", tmp.display());
-        let json = serde_json::to_vec_pretty(state).expect("state serializes");
-        let mut f = File::create(&tmp).map_err(BackendError::io(ctx()))?;
-        f.write_all(&json).map_err(BackendError::io(ctx()))?;
-        f.sync_all().map_err(BackendError::io(ctx()))?;
-        drop(f);
-        fs::rename(&tmp, &p).map_err(BackendError::io(format!("cannot write {}", p.display())))?;
-        if let Ok(d) = File::open(self.sim_dir()) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    /// Reads the state under the lock.
-    pub(crate) fn read(&self) -> BackendResult<SimState> {
-        let _lock = self.lock()?;
-        self.load()
-    }
-
-    /// Read-modify-write under the lock; nothing is written if `f` fails.
+    /// Changes the state under the lock; nothing is kept if `f` fails.
+    /// Returns once the change is durable.
     pub(crate) fn update<T>(
         &self,
         f: impl FnOnce(&mut SimState) -> BackendResult<T>,
     ) -> BackendResult<T> {
-        let _lock = self.lock()?;
-        let mut s = self.load()?;
-        let before = s.clone();
-        let out = f(&mut s)?;
-        if s != before {
-            self.write(&s)?;
-        }
+        let (out, t) = self.store.update(f)?;
+        self.store.sync_to(t)?;
         Ok(out)
+    }
+
+    /// [`SimulatedCluster::read`] for async callers.
+    pub(crate) async fn look<T>(
+        &self,
+        f: impl FnOnce(&SimState) -> BackendResult<T>,
+    ) -> BackendResult<T> {
+        let (out, t) = self.store.view(f)?;
+        self.durable(t).await?;
+        out
+    }
+
+    /// [`SimulatedCluster::update`] for async callers: while the change is
+    /// synced, the caller's sibling futures (the other phases of a parallel
+    /// group) append theirs, and one sync covers them all.
+    pub(crate) async fn change<T>(
+        &self,
+        f: impl FnOnce(&mut SimState) -> BackendResult<T>,
+    ) -> BackendResult<T> {
+        let (out, t) = self.store.update(f)?;
+        self.durable(t).await?;
+        Ok(out)
+    }
+
+    async fn durable(&self, t: store::Ticket) -> BackendResult<()> {
+        if self.store.covered_ticket(t) {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+        block_in_place(|| self.store.sync_to(t))
+    }
+}
+
+/// Runs blocking work on the caller's thread, inside
+/// [`tokio::task::block_in_place`] on a multi-thread runtime.
+fn block_in_place<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -709,6 +715,7 @@ fn initial_state(spec: &SimSpec) -> SimState {
     etcd.data.insert(dir, data);
     let mut state = SimState {
         format: 1,
+        generation: 0,
         cluster,
         kube,
         etcd,
@@ -716,7 +723,9 @@ fn initial_state(spec: &SimSpec) -> SimState {
         leader: None,
         nodes,
         faults: Vec::new(),
+        derived: Default::default(),
     };
+    state.rebuild();
     state.reelect();
     state
 }
@@ -729,13 +738,7 @@ fn snapshot(s: &SimState) -> ClusterSnapshot {
         let kn = s.kube.nodes.get(h);
         let m = s.etcd.members.get(h);
         let unreachable = s.fault(FaultKind::NodeUnreachable, h).is_some();
-        let mut pods: Vec<String> = s
-            .kube
-            .pods
-            .iter()
-            .filter(|p| p.node.as_deref() == Some(h))
-            .map(SimPod::key)
-            .collect();
+        let mut pods: Vec<String> = s.pods_on(h).map(|i| s.kube.pods[i].key()).collect();
         pods.sort();
         nodes.push(NodeSnapshot {
             hostname: h.clone(),
@@ -780,13 +783,7 @@ fn snapshot(s: &SimState) -> ClusterSnapshot {
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
         objects: s.kube.objects.iter().cloned().collect(),
-        pending_pods: s
-            .kube
-            .pods
-            .iter()
-            .filter(|p| p.node.is_none())
-            .map(SimPod::key)
-            .collect(),
+        pending_pods: s.pending_pods().map(|i| s.kube.pods[i].key()).collect(),
         faults: s.faults.clone(),
     }
 }
