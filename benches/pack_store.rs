@@ -72,24 +72,25 @@ fn ingest(c: &mut Criterion) {
         })
     });
     let store = LocalStore::open(dir.path().join("store")).unwrap();
+    // Durable ingest (hash, write, fsync, index commit) of `iters` packages
+    // into `store`; each package is deleted again outside the timed part.
     let mut i = 0u64;
-    // Durable ingest (hash, write, fsync, index commit); each iteration's
-    // package is deleted again outside the timed part.
+    let mut timed_ingest = |store: &LocalStore, iters: u64| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            i += 1;
+            let l = Locator::parse(&format!("bench.io/p:1.0.{i}")).unwrap();
+            let mut f = std::fs::File::open(&file).unwrap();
+            let t = Instant::now();
+            store.create(&l, &mut f, PackageOptions::default()).unwrap();
+            total += t.elapsed();
+            store.delete(&l).unwrap();
+            store.gc().unwrap();
+        }
+        total
+    };
     g.bench_function(format!("ingest_{mib}MiB"), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                i += 1;
-                let l = Locator::parse(&format!("bench.io/p:1.0.{i}")).unwrap();
-                let mut f = std::fs::File::open(&file).unwrap();
-                let t = Instant::now();
-                store.create(&l, &mut f, PackageOptions::default()).unwrap();
-                total += t.elapsed();
-                store.delete(&l).unwrap();
-                store.gc().unwrap();
-            }
-            total
-        })
+        b.iter_custom(|iters| timed_ingest(&store, iters))
     });
     // The same on a memory file system (where `fsync` costs nothing): the
     // store's own cost of hashing, copying and committing, without the
@@ -99,22 +100,7 @@ fn ingest(c: &mut Criterion) {
         let mem_dir = tempfile::tempdir_in(shm).unwrap();
         let mem_store = LocalStore::open(mem_dir.path().join("store")).unwrap();
         g.bench_function(format!("ingest_{mib}MiB_tmpfs"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    i += 1;
-                    let l = Locator::parse(&format!("bench.io/p:1.0.{i}")).unwrap();
-                    let mut f = std::fs::File::open(&file).unwrap();
-                    let t = Instant::now();
-                    mem_store
-                        .create(&l, &mut f, PackageOptions::default())
-                        .unwrap();
-                    total += t.elapsed();
-                    mem_store.delete(&l).unwrap();
-                    mem_store.gc().unwrap();
-                }
-                total
-            })
+            b.iter_custom(|iters| timed_ingest(&mem_store, iters))
         });
     }
     let kept = Locator::parse("bench.io/p:2.0.0").unwrap();

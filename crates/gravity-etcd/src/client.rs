@@ -366,13 +366,19 @@ impl EtcdClient {
             .next())
     }
 
-    /// Every key starting with `prefix`, in key order (read in pages, so
-    /// large ranges do not make one huge answer).
+    /// Every key starting with `prefix` (the empty prefix: every key), in
+    /// key order (read in pages from one snapshot, so large ranges do not
+    /// make one huge answer).
     pub async fn range_prefix(&self, prefix: &str) -> EtcdResult<Vec<KeyValue>> {
         const PAGE: usize = 2000;
         let what = format!("range {prefix}");
         let end = b64(&prefix_end(prefix.as_bytes()));
-        let mut from = prefix.as_bytes().to_vec();
+        // etcd refuses an empty key: the whole key space starts at "\0".
+        let mut from = if prefix.is_empty() {
+            vec![0]
+        } else {
+            prefix.as_bytes().to_vec()
+        };
         let mut out = Vec::new();
         let mut revision = 0i64;
         loop {

@@ -62,6 +62,8 @@ async fn ranges_transactions_and_watches() {
     assert_eq!(all.len(), 4500, "paged range returns every key once");
     assert_eq!(all[4499].value_str(), "v4499");
     assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    // The empty prefix is the whole key space (etcd refuses an empty key).
+    assert_eq!(etcd.range_prefix("").await.unwrap().len(), 4501);
 
     // Create-if-absent, then compare-and-swap on the revision.
     let r = etcd

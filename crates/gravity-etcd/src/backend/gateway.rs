@@ -1,17 +1,13 @@
-//! The two gateway calls the backend needs beyond [`EtcdClient`]: a read of
-//! the whole key space (the client ranges by prefix, and etcd refuses the
-//! empty prefix) and a short `/health` probe that does not wait for a
-//! member still joining its cluster.
+//! What the backend needs beyond [`EtcdClient`]'s cluster-wide calls: a
+//! read of the whole key space through one given member, and a short
+//! `/health` probe that does not wait for a member still joining its
+//! cluster.
 //!
 //! [`EtcdClient`]: crate::client::EtcdClient
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
-
-use crate::client::EtcdError;
+use crate::client::{EtcdClient, EtcdError};
 
 /// A plain HTTP client for the probes (no proxy, short connect timeout).
 pub(crate) fn http(timeout: Duration) -> reqwest::Client {
@@ -54,97 +50,18 @@ pub(crate) async fn listening(url: &str) -> bool {
     )
 }
 
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// Every key of the cluster with its value, in key order, read in pages
-/// from one snapshot through `url`.
+/// from one snapshot through `url` alone (the member at that address, not
+/// whichever member answers).
 pub(crate) async fn range_all(
-    http: &reqwest::Client,
     url: &str,
     timeout: Duration,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EtcdError> {
-    const PAGE: usize = 2000;
-    let url = url.trim_end_matches('/');
-    let what = "range of every key";
-    let unavailable = |reason: String| EtcdError::Unavailable {
-        endpoints: url.to_string(),
-        reason,
-    };
-    let decode = |reason: String| EtcdError::Decode {
-        endpoint: url.to_string(),
-        what: what.to_string(),
-        reason,
-    };
-    let mut from = vec![0u8];
-    let mut revision = 0i64;
-    let mut out = Vec::new();
-    loop {
-        let mut body = json!({
-            "key": B64.encode(&from),
-            "range_end": B64.encode([0u8]),
-            "limit": PAGE.to_string(),
-        });
-        if revision > 0 {
-            body["revision"] = json!(revision.to_string());
-        }
-        let resp = http
-            .post(format!("{url}/v3/kv/range"))
-            .timeout(timeout)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| unavailable(e.to_string()))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| decode(format!("{e} (status {status})")))?;
-        if !status.is_success() || v.get("error").is_some() {
-            let message = v
-                .get("message")
-                .or_else(|| v.get("error"))
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-                .to_string();
-            return Err(EtcdError::Server {
-                endpoint: url.to_string(),
-                what: what.to_string(),
-                message,
-            });
-        }
-        if revision == 0 {
-            revision = v
-                .get("header")
-                .and_then(|h| h.get("revision"))
-                .map(int)
-                .unwrap_or(0);
-        }
-        let kvs = match v.get("kvs") {
-            Some(Value::Array(a)) => a.clone(),
-            _ => Vec::new(),
-        };
-        let got = kvs.len();
-        for kv in kvs {
-            let field = |name: &str| -> Result<Vec<u8>, EtcdError> {
-                match kv.get(name).and_then(Value::as_str) {
-                    Some(s) => B64.decode(s).map_err(|e| decode(e.to_string())),
-                    None => Ok(Vec::new()),
-                }
-            };
-            let key = field("key")?;
-            let value = field("value")?;
-            from = key.clone();
-            from.push(0);
-            out.push((key, value));
-        }
-        let more = v.get("more").and_then(Value::as_bool).unwrap_or(false);
-        if !more || got == 0 {
-            return Ok(out);
-        }
-    }
+    let client = EtcdClient::new([url], timeout)?;
+    Ok(client
+        .range_prefix("")
+        .await?
+        .into_iter()
+        .map(|kv| (kv.key.into_bytes(), kv.value))
+        .collect())
 }

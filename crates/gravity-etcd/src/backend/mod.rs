@@ -561,7 +561,7 @@ impl EtcdBackend {
                 detail: "etcd serves the upgrade address (the etcd upgrade is under way), so a backup now would not hold the cluster's data; the backup taken before the upgrade is kept, roll back /etcd/upgrade to take a new one".into(),
             });
         }
-        let kvs = gateway::range_all(&self.http, &s.normal_url, self.request_timeout)
+        let kvs = gateway::range_all(&s.normal_url, self.request_timeout)
             .await
             .map_err(EtcdBackendError::client(node))?;
         // Values are kept as bytes: Kubernetes stores protobuf in etcd.
@@ -797,7 +797,7 @@ impl EtcdBackend {
         if prefix.is_empty() {
             let mut last = None;
             for url in self.client.endpoints() {
-                match gateway::range_all(&self.http, url, self.request_timeout).await {
+                match gateway::range_all(url, self.request_timeout).await {
                     Ok(kvs) => {
                         for (k, v) in kvs {
                             out.insert(text(k.clone(), &k)?, text(v, &k)?);
