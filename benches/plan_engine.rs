@@ -54,19 +54,7 @@ fn sizes() -> Vec<usize> {
 
 /// (label, plan) for both shapes at size n.
 fn plans(n: usize) -> Vec<(String, Plan)> {
-    let opts =
-        BuildOptions::deterministic("bench", Utc.with_ymd_and_hms(2020, 7, 31, 6, 0, 0).unwrap())
-            .with_parallel_workers(8);
-    vec![
-        (
-            format!("3m+{n}w"),
-            synthetic_plan(3, n, &opts).expect("plan builds").plan,
-        ),
-        (
-            format!("{n}m"),
-            synthetic_plan(n, 0, &opts).expect("plan builds").plan,
-        ),
-    ]
+    vec![plan_of(true, n), plan_of(false, n)]
 }
 
 fn completed_changelog(graph: &PlanGraph) -> Vec<PhaseChange> {
@@ -357,24 +345,44 @@ fn vm_kib(key: &str) -> u64 {
 const MEMORY_CHILD: &str = "GRAVITY_BENCH_MEMORY_CHILD";
 
 /// In a fresh process: peak memory of building, resolving and rendering
-/// one plan, then of a full in-memory run of it.
+/// one plan, then of a full in-memory run of it. With
+/// `GRAVITY_BENCH_MEMORY_STEPS=1` it also prints, to stderr, the resident
+/// size after each step.
 fn memory_child(spec: &str) {
     let (shape, n) = spec.split_once(':').unwrap();
     let n: usize = n.parse().unwrap();
+    let steps = std::env::var("GRAVITY_BENCH_MEMORY_STEPS").is_ok_and(|v| v == "1");
+    let step = |what: &str| {
+        if steps {
+            eprintln!(
+                "step {what}: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+                vm_kib("VmRSS:") as f64 / 1024.0,
+                vm_kib("VmHWM:") as f64 / 1024.0
+            );
+        }
+    };
     let start = vm_kib("VmHWM:");
-    let (label, plan) = plans(n)
-        .into_iter()
-        .find(|(l, _)| l.starts_with("3m+") == (shape == "workers"))
-        .unwrap();
-    let graph = PlanGraph::build(plan.clone()).unwrap();
+    let (label, plan) = plan_of(shape == "workers", n);
+    step("plan built");
+    let phases = count_phases(&plan.phases);
+    let graph = PlanGraph::build(plan).unwrap();
+    step(&format!(
+        "graph built ({phases} phases, {} leaves)",
+        graph.leaves().len()
+    ));
     let changes = completed_changelog(&graph);
+    step("changelog");
     let view = PlanView::resolve(graph.clone(), &changes);
+    step("resolved");
     let text = render::text(&view);
     black_box(&text);
+    step("rendered");
     let built = vm_kib("VmHWM:");
     drop((text, view, changes, graph));
+    let (_, plan) = plan_of(shape == "workers", n);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (engine, _) = rt.block_on(full_run(Arc::new(MemoryStore::new()), &plan));
+    step("full run");
     drop(engine);
     let run = vm_kib("VmHWM:");
     println!(
@@ -383,6 +391,28 @@ fn memory_child(spec: &str) {
         built as f64 / 1024.0,
         run as f64 / 1024.0
     );
+}
+
+/// One of [`plans`]: 3 masters + n workers, or n masters.
+fn plan_of(workers: bool, n: usize) -> (String, Plan) {
+    let opts =
+        BuildOptions::deterministic("bench", Utc.with_ymd_and_hms(2020, 7, 31, 6, 0, 0).unwrap())
+            .with_parallel_workers(8);
+    if workers {
+        (
+            format!("3m+{n}w"),
+            synthetic_plan(3, n, &opts).expect("plan builds").plan,
+        )
+    } else {
+        (
+            format!("{n}m"),
+            synthetic_plan(n, 0, &opts).expect("plan builds").plan,
+        )
+    }
+}
+
+fn count_phases(phases: &[gravity::plan::Phase]) -> usize {
+    phases.iter().map(|p| 1 + count_phases(&p.phases)).sum()
 }
 
 fn memory_peak_report() {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use gravity::plan::{
-    Engine, EngineConfig, ExecError, ExecutorRegistry, FileStore, Phase, PhaseContext,
+    Engine, EngineConfig, ExecError, ExecutorRegistry, FileStore, Phase, PhaseContext, PhaseData,
     PhaseExecutor, PhasePath, Plan, PlanGraph, PlanStore, render,
 };
 
@@ -21,12 +21,22 @@ struct WriteFile {
     disk_full: Arc<AtomicBool>,
 }
 
+/// The data of a `write-file` phase.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WriteFileData {
+    file: String,
+    content: String,
+}
+
 impl WriteFile {
+    fn data(ctx: &PhaseContext) -> Result<WriteFileData, ExecError> {
+        ctx.phase().data.decode().map_err(|e| {
+            format!("phase {} needs data.file and data.content: {e}", ctx.path()).into()
+        })
+    }
+
     fn target(&self, ctx: &PhaseContext) -> Result<PathBuf, ExecError> {
-        let name = ctx.phase().data["file"]
-            .as_str()
-            .ok_or_else(|| format!("phase {} has no data.file", ctx.path()))?;
-        Ok(self.dir.join(name))
+        Ok(self.dir.join(Self::data(ctx)?.file))
     }
 }
 
@@ -40,7 +50,7 @@ impl PhaseExecutor for WriteFile {
             )
             .into());
         }
-        let content = ctx.phase().data["content"].as_str().unwrap_or_default();
+        let content = Self::data(ctx)?.content;
         tokio::fs::write(self.target(ctx)?, content).await?;
         ctx.info("file written");
         Ok(())
@@ -48,7 +58,7 @@ impl PhaseExecutor for WriteFile {
 
     async fn post_check(&self, ctx: &PhaseContext) -> Result<(), ExecError> {
         let written = tokio::fs::read_to_string(self.target(ctx)?).await?;
-        if written != ctx.phase().data["content"].as_str().unwrap_or_default() {
+        if written != Self::data(ctx)?.content {
             return Err("file content does not match".into());
         }
         Ok(())
@@ -65,7 +75,11 @@ impl PhaseExecutor for WriteFile {
 fn leaf(id: &str, description: &str, file: &str, requires: &[&str]) -> Phase {
     let mut p = Phase::new(PhasePath::parse(id).unwrap(), description);
     p.executor = Some("write-file".into());
-    p.data = serde_json::json!({ "file": file, "content": format!("{description}\n") });
+    p.data = PhaseData::from_serialize(&WriteFileData {
+        file: file.into(),
+        content: format!("{description}\n"),
+    })
+    .expect("strings serialize");
     p.requires = requires
         .iter()
         .map(|r| PhasePath::parse(r).unwrap())

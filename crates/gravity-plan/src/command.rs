@@ -68,7 +68,7 @@ struct CommandData {
 }
 
 fn data(ctx: &PhaseContext) -> Result<CommandData, ExecError> {
-    serde_json::from_value(ctx.phase().data.clone()).map_err(|e| {
+    ctx.phase().data.decode().map_err(|e| {
         format!(
             "phase {} has executor \"command\" but its data is not valid: {e} (expected data.command as a list of arguments or a shell string)",
             ctx.path()
@@ -211,7 +211,7 @@ mod tests {
     fn ctx(data: serde_json::Value) -> PhaseContext {
         let mut p = Phase::new(PhasePath::parse("/step").unwrap(), "Step");
         p.executor = Some("command".into());
-        p.data = data;
+        p.data = data.into();
         let graph = PlanGraph::build(Plan {
             operation_id: "op-1".into(),
             operation_kind: "runbook".into(),

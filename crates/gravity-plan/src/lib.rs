@@ -28,6 +28,7 @@
 //! ```
 
 mod command;
+mod data;
 mod dispatch;
 mod duration;
 mod engine;
@@ -41,6 +42,7 @@ mod store;
 mod view;
 
 pub use command::CommandExecutor;
+pub use data::PhaseData;
 pub use dispatch::{Action, Dispatcher, LocalDispatcher, run_local};
 pub use duration::{DurationError, parse_duration};
 pub use engine::{Engine, EngineConfig, EngineError, RunReport};

@@ -5,6 +5,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::data::PhaseData;
 use crate::path::{PathError, PhasePath};
 
 /// The deepest phase tree accepted from a plan file.
@@ -41,7 +42,7 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
-fn is_null(v: &serde_json::Value) -> bool {
+fn is_null(v: &PhaseData) -> bool {
     v.is_null()
 }
 
@@ -71,7 +72,7 @@ pub struct Phase {
     pub parallel: usize,
     /// Free-form data for the executor.
     #[serde(default, skip_serializing_if = "is_null")]
-    pub data: serde_json::Value,
+    pub data: PhaseData,
     /// Child phases, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<Phase>,
@@ -88,7 +89,7 @@ impl Phase {
             exec_node: None,
             requires: Vec::new(),
             parallel: 1,
-            data: serde_json::Value::Null,
+            data: PhaseData::null(),
             phases: Vec::new(),
         }
     }
@@ -369,7 +370,7 @@ fn convert(
         exec_node: def.exec_node,
         requires,
         parallel: def.parallel.max(1),
-        data: def.data,
+        data: PhaseData::from_value(&def.data),
         phases,
     })
 }

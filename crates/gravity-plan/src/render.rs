@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::PhasePath;
+use crate::{PhaseData, PhasePath};
 use crate::graph::PhaseIx;
 use crate::plan::Node;
 use crate::state::{PhaseChange, PhaseState};
@@ -168,8 +168,8 @@ pub struct ResolvedPhase {
     /// Parallel limit.
     pub parallel: usize,
     /// Executor data.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub data: serde_json::Value,
+    #[serde(skip_serializing_if = "PhaseData::is_null")]
+    pub data: PhaseData,
     /// Effective state.
     pub state: PhaseState,
     /// Last change.

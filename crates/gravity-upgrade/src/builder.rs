@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use gravity_pack::{Locator, Version};
-use gravity_plan::{GraphError, Node, Phase, PhasePath, Plan, PlanGraph};
+use gravity_plan::{GraphError, Node, Phase, PhaseData, PhasePath, Plan, PlanGraph};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -350,8 +350,8 @@ fn path(parent: &PhasePath, segment: &str) -> Result<PhasePath, BuildError> {
     Ok(parent.join(segment)?)
 }
 
-fn data<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("phase data serializes to JSON")
+fn data<T: Serialize>(value: &T) -> PhaseData {
+    PhaseData::from_serialize(value).expect("phase data serializes to JSON")
 }
 
 /// Gravity's `AddSequential`: the child requires the current last sibling.
@@ -368,7 +368,7 @@ fn leaf(
     executor: &str,
     node: Option<&Node>,
     exec_node: Option<&Node>,
-    data: serde_json::Value,
+    data: PhaseData,
 ) -> Phase {
     let mut p = Phase::new(id, description);
     p.executor = Some(executor.to_string());
@@ -432,6 +432,9 @@ struct Cx<'a> {
     workers: Vec<usize>,
     /// `cluster.nodes[i]` as a plan node.
     nodes: Vec<Node>,
+    /// `cluster.nodes[i]` as `NodeData`, serialized once and shared by all
+    /// the phases that act on the node.
+    node_data: Vec<PhaseData>,
     timestamp: i64,
 }
 
@@ -463,6 +466,11 @@ impl<'a> Cx<'a> {
             masters,
             workers,
             nodes: cluster.nodes.iter().map(ClusterNode::plan_node).collect(),
+            node_data: cluster
+                .nodes
+                .iter()
+                .map(|n| data(&NodeData { server: n.clone() }))
+                .collect(),
             timestamp,
         }
     }
@@ -475,10 +483,8 @@ impl<'a> Cx<'a> {
         &self.nodes[self.leader]
     }
 
-    fn node_data(&self, i: usize) -> serde_json::Value {
-        data(&NodeData {
-            server: self.node(i).clone(),
-        })
+    fn node_data(&self, i: usize) -> PhaseData {
+        self.node_data[i].clone()
     }
 
     // ----------------------------------------------------------------- inputs
@@ -1190,7 +1196,7 @@ impl<'a> Cx<'a> {
         Ok(p)
     }
 
-    fn etcd_data(&self, i: usize, etcd: &EtcdUpgrade) -> serde_json::Value {
+    fn etcd_data(&self, i: usize, etcd: &EtcdUpgrade) -> PhaseData {
         data(&EtcdData {
             server: self.node(i).clone(),
             installed: etcd.installed.clone(),

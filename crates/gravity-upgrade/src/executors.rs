@@ -118,7 +118,7 @@ pub const ALL: &[&str] = &[
 
 /// Decodes a phase's data into the struct of its kind.
 pub fn decode<T: DeserializeOwned>(phase: &gravity_plan::Phase) -> Result<T, serde_json::Error> {
-    T::deserialize(&phase.data)
+    phase.data.decode()
 }
 
 /// A node named in another node's phase (election lists, labels).

@@ -493,7 +493,7 @@ fn intermediate_runtime_steps_wrap_the_phases() {
     let boot = &g
         .node(g.find_str("/5.5.48/bootstrap/master-1").unwrap())
         .phase;
-    assert_eq!(boot.data["version"], "5.5.48");
+    assert_eq!(boot.data.to_value()["version"], "5.5.48");
     insta::assert_snapshot!("intermediate_short", short(&g));
 }
 
