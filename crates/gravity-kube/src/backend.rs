@@ -66,6 +66,18 @@ impl Default for KubeOptions {
     }
 }
 
+/// The first line of an error's message: a YAML syntax error carries the
+/// offending source lines after its message (which names the line and
+/// column), and the hint that follows it must stay on the message's line.
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
 /// The [`Kubernetes`] backend over a kube-rs [`kube::Client`].
 #[derive(Clone)]
 pub struct KubeBackend {
@@ -117,21 +129,21 @@ impl KubeBackend {
         let path = path.as_ref();
         let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
             BackendError::Other(format!(
-                "cannot read kubeconfig {}: {e}; check the file (it is written by \"kubectl config\")",
-                path.display()
+                "cannot read kubeconfig {}: {}; check the file (it is written by \"kubectl config\")",
+                path.display(),
+                first_line(&e)
             ))
         })?;
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .map_err(|e| {
-            BackendError::Other(format!(
-                "cannot use kubeconfig {}: {e}; check its current context, cluster and user",
-                path.display()
-            ))
-        })?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| {
+                    BackendError::Other(format!(
+                        "cannot use kubeconfig {}: {}; check its current context, cluster and user",
+                        path.display(),
+                        first_line(&e)
+                    ))
+                })?;
         KubeBackend::from_config(config, KubeOptions::default())
     }
 
@@ -141,7 +153,8 @@ impl KubeBackend {
     pub async fn infer() -> BackendResult<Self> {
         let config = kube::Config::infer().await.map_err(|e| {
             BackendError::Other(format!(
-                "cannot find a Kubernetes configuration: {e}; set KUBECONFIG or write ~/.kube/config, or run inside the cluster"
+                "cannot find a Kubernetes configuration: {}; set KUBECONFIG or write ~/.kube/config, or run inside the cluster",
+                first_line(&e)
             ))
         })?;
         KubeBackend::from_config(config, KubeOptions::default())
