@@ -34,6 +34,9 @@ pub struct PlanView {
     watermark: u64,
     /// Applied changes above the watermark (arrived out of order).
     ahead: std::collections::BTreeSet<u64>,
+    /// The actor of the latest change applied: changes come from a few
+    /// processes, so leaves share its `Arc` instead of one copy each.
+    last_actor: Option<Arc<Actor>>,
 }
 
 impl PlanView {
@@ -48,6 +51,7 @@ impl PlanView {
             slots,
             watermark: 0,
             ahead: Default::default(),
+            last_actor: None,
         }
     }
 
@@ -111,7 +115,15 @@ impl PlanView {
         slot.updated = Some(change.time);
         slot.version = change.seq;
         slot.error = change.error.as_deref().map(Arc::from);
-        slot.actor = Some(Arc::new(change.actor.clone()));
+        let actor = match &self.last_actor {
+            Some(a) if **a == change.actor => a.clone(),
+            _ => {
+                let a = Arc::new(change.actor.clone());
+                self.last_actor = Some(a.clone());
+                a
+            }
+        };
+        slot.actor = Some(actor);
         self.propagate(ix, old, change.state, change.time);
     }
 
