@@ -3,12 +3,14 @@
 //! fake Kubernetes API server of gravity-kube's tests, while the rest of
 //! the cluster stays the simulated one of the state directory.
 
+mod common;
 #[path = "../../gravity-kube/tests/fake_api/mod.rs"]
 mod fake_api;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use common::find_phase;
 use fake_api::FakeApi;
 use serde_json::{Value, json};
 
@@ -135,18 +137,6 @@ fn succeeded(args: &[&str], o: Output) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-fn find_phase<'a>(phases: &'a Value, path: &str) -> Option<&'a Value> {
-    for p in phases.as_array()? {
-        if p["id"] == path {
-            return Some(p);
-        }
-        if let Some(found) = find_phase(&p["phases"], path) {
-            return Some(found);
-        }
-    }
-    None
-}
-
 /// The hostnames of the simulated cluster, masters first as `sim inspect`
 /// lists them.
 async fn hostnames(env: &Env) -> Vec<String> {
@@ -160,6 +150,20 @@ async fn hostnames(env: &Env) -> Vec<String> {
 
 fn writes(fake: &FakeApi) -> Vec<String> {
     fake.writes().iter().map(|r| r.line()).collect()
+}
+
+/// The first PATCH of `path` is a JSON merge patch of `spec` carrying the
+/// resource version `rv` the backend read.
+fn assert_merge_patch(fake: &FakeApi, path: &str, rv: &str, spec: Value) {
+    let patch = &fake.requests_of("PATCH", path)[0];
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(
+        patch.body,
+        json!({"metadata": {"resourceVersion": rv}, "spec": spec})
+    );
 }
 
 fn resource_version(node: &Value) -> String {
@@ -280,15 +284,7 @@ async fn drain_and_rollback_through(via: Via) {
             "POST /api/v1/namespaces/default/pods/web-1/eviction".to_string(),
         ]
     );
-    let patch = &fake.requests_of("PATCH", &node_path)[0];
-    assert_eq!(
-        patch.content_type.as_deref(),
-        Some("application/merge-patch+json")
-    );
-    assert_eq!(
-        patch.body,
-        json!({"metadata": {"resourceVersion": rv}, "spec": {"unschedulable": true}})
-    );
+    assert_merge_patch(&fake, &node_path, &rv, json!({"unschedulable": true}));
     let eviction = &fake.requests_of("POST", "/eviction")[0];
     assert_eq!(
         eviction.body,
@@ -335,15 +331,7 @@ async fn drain_and_rollback_through(via: Via) {
         "{out}"
     );
     assert_eq!(writes(&fake), [format!("PATCH {node_path}")]);
-    let patch = &fake.requests_of("PATCH", &node_path)[0];
-    assert_eq!(
-        patch.content_type.as_deref(),
-        Some("application/merge-patch+json")
-    );
-    assert_eq!(
-        patch.body,
-        json!({"metadata": {"resourceVersion": rv}, "spec": {"unschedulable": null}})
-    );
+    assert_merge_patch(&fake, &node_path, &rv, json!({"unschedulable": null}));
     assert!(fake.node(first)["spec"].get("unschedulable").is_none());
     assert_eq!(env.phase_state(&drain).await, "rolled_back");
 }

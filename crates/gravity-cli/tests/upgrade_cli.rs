@@ -10,6 +10,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+use common::find_phase;
+
 const OLD_PLANET: &str = "gravitational.io/planet:5.5.47-11312";
 const NEW_PLANET: &str = "gravitational.io/planet:5.5.54-11312";
 const NEW_APP: &str = "gravitational.io/telekube:5.5.50-dev.9";
@@ -157,18 +160,6 @@ impl Env {
             None => self.ok(&["package", "list"]),
         }
     }
-}
-
-fn find_phase<'a>(phases: &'a Value, path: &str) -> Option<&'a Value> {
-    for p in phases.as_array()? {
-        if p["id"] == path {
-            return Some(p);
-        }
-        if let Some(found) = find_phase(&p["phases"], path) {
-            return Some(found);
-        }
-    }
-    None
 }
 
 /// Every phase of a plan, depth first.
