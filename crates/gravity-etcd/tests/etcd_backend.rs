@@ -337,3 +337,57 @@ async fn rolling_back_the_etcd_group_returns_to_the_old_members_and_data() {
     assert!(matches!(err, BackendError::UnknownNode(_)), "{err}");
     eprintln!("group and rollback: {:?}", t0.elapsed());
 }
+
+/// `Etcd::delete` on a one-member cluster: true for a key that existed,
+/// false for an absent one; exactly that key goes (not its prefix
+/// neighbours), for every client of the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_exactly_the_key_and_says_whether_it_existed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tokio::task::spawn_blocking({
+        let d = dir.path().join("etcd");
+        move || gravity_etcd::LocalEtcdCluster::start(d, 1)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let backend = gravity_etcd::EtcdBackend::for_harness(
+        cluster,
+        dir.path().join("nodes"),
+        CLUSTER,
+        &MASTERS[..1],
+        &[],
+        &installed(),
+    )
+    .unwrap();
+    let key = "/gravity/local/trustedclusters/ops.example.com";
+    let neighbour = "/gravity/local/trustedclusters/ops.example.com.2";
+    backend.put(key, "{}").await.unwrap();
+    backend.put(neighbour, "kept").await.unwrap();
+
+    assert!(backend.delete(key).await.unwrap(), "the key existed");
+    assert_eq!(backend.get(key).await.unwrap(), None);
+    let left = backend
+        .list("/gravity/local/trustedclusters/")
+        .await
+        .unwrap();
+    assert_eq!(
+        left.into_iter().collect::<Vec<_>>(),
+        [(neighbour.to_string(), "kept".to_string())]
+    );
+    let url = backend.member_state(MASTERS[0]).unwrap().normal_url;
+    let other = EtcdClient::new([url], Duration::from_secs(2)).unwrap();
+    assert!(
+        other.get(key).await.unwrap().is_none(),
+        "gone for every client"
+    );
+
+    assert!(!backend.delete(key).await.unwrap(), "already gone");
+    assert!(!backend.delete("/never/written").await.unwrap());
+    // An empty value is a value: deleting it reports that it existed.
+    backend.put(key, "").await.unwrap();
+    assert_eq!(backend.get(key).await.unwrap().as_deref(), Some(""));
+    assert!(backend.delete(key).await.unwrap());
+    assert_eq!(backend.get(key).await.unwrap(), None);
+}

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{PhaseData, PhasePath};
 use crate::graph::PhaseIx;
 use crate::plan::Node;
 use crate::state::{PhaseChange, PhaseState};
 use crate::view::PlanView;
+use crate::{PhaseData, PhasePath};
 
 /// `Fri Jul 31 06:33 UTC` (day of month space-padded), as in the plan table.
 pub fn format_time(t: DateTime<Utc>) -> String {

@@ -20,7 +20,8 @@
 //! - `restore`: refuses truncated or altered files, then writes every key
 //!   into the new cluster through the upgrade address.
 //! - `rollback_upgrade`: back to the kept version, data dir and token.
-//! - `get` / `put` / `list`: through the normal addresses of every member.
+//! - `get` / `put` / `delete` / `list`: through the normal addresses of
+//!   every member.
 //!
 //! Workers have no member (they run etcd proxies): `start` and `shutdown`
 //! are accepted and do nothing, `member` is `None`.
@@ -875,6 +876,14 @@ impl Etcd for EtcdBackend {
             .map_err(EtcdBackendError::client(self.cluster.clone()))
             .map_err(BackendError::from)?;
         Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> BackendResult<bool> {
+        Ok(self
+            .client
+            .delete(key)
+            .await
+            .map_err(EtcdBackendError::client(self.cluster.clone()))?)
     }
 
     async fn list(&self, prefix: &str) -> BackendResult<BTreeMap<String, String>> {

@@ -6,7 +6,8 @@
 //! - [`Kubernetes`]: nodes (cordon, drain, taints, labels), RBAC and
 //!   CoreDNS objects, application hooks and records, endpoints.
 //! - [`Etcd`]: backup/restore (Gravity's JSON-lines format, see
-//!   [`backup`]), member shutdown/start/upgrade/rollback, keys.
+//!   [`backup`]), member shutdown/start/upgrade/rollback, keys (get, put,
+//!   delete, list).
 //! - [`NodeSystem`]: per node: reachability, agents, the runtime (planet),
 //!   disks, clocks, DNS, temp dirs, services, teleport, and a small local
 //!   record store (Gravity's node-local "update" backend) in which phases
@@ -394,6 +395,9 @@ pub trait Etcd: Send + Sync {
     async fn get(&self, key: &str) -> BackendResult<Option<String>>;
     /// Writes a key through the cluster's normal address.
     async fn put(&self, key: &str, value: &str) -> BackendResult<()>;
+    /// Deletes a key through the cluster's normal address; returns whether
+    /// it existed (deleting an absent key is not an error).
+    async fn delete(&self, key: &str) -> BackendResult<bool>;
     /// Every key under `prefix`.
     async fn list(&self, prefix: &str) -> BackendResult<BTreeMap<String, String>>;
 }

@@ -355,8 +355,9 @@ pub(crate) async fn load_first<V: DeserializeOwned>(
 }
 
 /// Writes etcd keys, keeping in the phase's record on the
-/// [`coordinator`] the value (or absence) each key had before the phase
-/// first wrote it.
+/// [`coordinator`] the value each key had before the phase first wrote
+/// it: `null` for a key that did not exist, the value otherwise (an
+/// existing empty value is kept as `""`, not as absent).
 pub(crate) async fn put_keys(
     b: &Backends,
     ctx: &PhaseContext,
@@ -364,12 +365,7 @@ pub(crate) async fn put_keys(
 ) -> Result<(), PhaseError> {
     let node = &coordinator(b, ctx).await?;
     for (key, value) in writes {
-        let old = b
-            .etcd
-            .get(key)
-            .await
-            .ctx(|| format!("cannot read {key}"))?
-            .filter(|v| !v.is_empty());
+        let old = b.etcd.get(key).await.ctx(|| format!("cannot read {key}"))?;
         remember_first(b, ctx, node, key.clone(), old).await?;
         b.etcd
             .put(key, value)
@@ -379,21 +375,34 @@ pub(crate) async fn put_keys(
     Ok(())
 }
 
-/// Puts back the etcd keys written by [`put_keys`] and forgets them.
+/// Puts back the etcd keys written by [`put_keys`] and forgets them: a key
+/// that existed gets its previous value back, exactly; a key that did not
+/// exist is deleted.
 ///
-/// A key that did not exist before is emptied: the [`crate::backend::Etcd`]
-/// backend has no delete, and the migrations read an empty value as no
-/// value.
+/// The record's format is the one earlier versions wrote (a map from key
+/// to previous value or `null`). Those versions also recorded an existing
+/// empty value as `null` and emptied such keys instead of deleting them;
+/// an empty value meant "absent" to the migrations, so deleting the key
+/// now undoes their records just as well.
 pub(crate) async fn restore_keys(b: &Backends, ctx: &PhaseContext) -> Result<(), PhaseError> {
     let node = &coordinator(b, ctx).await?;
     let Some(prev) = load_first::<Option<String>>(b, ctx, node).await? else {
         return Ok(());
     };
     for (key, old) in &prev {
-        b.etcd
-            .put(key, old.as_deref().unwrap_or_default())
-            .await
-            .ctx(|| format!("cannot restore {key}"))?;
+        match old {
+            Some(old) => b
+                .etcd
+                .put(key, old)
+                .await
+                .ctx(|| format!("cannot restore {key}"))?,
+            None => {
+                b.etcd
+                    .delete(key)
+                    .await
+                    .ctx(|| format!("cannot delete {key}"))?;
+            }
+        }
     }
     clear(b, ctx, node).await
 }
@@ -652,4 +661,120 @@ pub(crate) async fn gated_etcd_data(
     let d: crate::executors::EtcdData = data(ctx)?;
     gate(b, ctx, Some(&d.server.hostname)).await?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+    use gravity_plan::{Engine, EngineConfig, MemoryStore, PhasePath, PlanStore};
+    use serde_json::json;
+
+    use crate::backend::{Etcd, NodeSystem};
+    use crate::phases::links::TRUSTED_CLUSTERS;
+    use crate::phases::roles::ROLES;
+    use crate::sim::{SimSpec, SimulatedCluster};
+    use crate::{BuildOptions, Cluster, ClusterImage, build_plan};
+
+    const OP: &str = "7c4b1e52-0000-4000-8000-0000000000d1";
+
+    fn p(s: &str) -> PhasePath {
+        s.parse().unwrap()
+    }
+
+    /// The `links` and `roles` migrations of the seed cluster with an Ops
+    /// Center link and a role in the old format, run one phase at a time.
+    async fn migrations() -> (tempfile::TempDir, SimulatedCluster, Engine) {
+        let d = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::seed();
+        cluster.ops_center_links = vec!["https://ops.example.com:32009".into()];
+        cluster.legacy_role_rules = true;
+        let sim = SimulatedCluster::init(d.path(), SimSpec::for_cluster(cluster.clone())).unwrap();
+        sim.deploy_agents().unwrap();
+        let opts =
+            BuildOptions::deterministic(OP, chrono::Utc.timestamp_opt(1_596_339_382, 0).unwrap());
+        let plan = build_plan(&cluster, &ClusterImage::seed_target(), &opts)
+            .unwrap()
+            .into_plan();
+        let store: Arc<dyn PlanStore> = Arc::new(MemoryStore::new());
+        store.create_operation(&plan).await.unwrap();
+        let engine = Engine::open(
+            store,
+            &plan.operation_id,
+            EngineConfig::new(crate::phases::registry(sim.backends())),
+        )
+        .await
+        .unwrap();
+        (d, sim, engine)
+    }
+
+    /// What the phase's record on the coordinator (the first master) holds.
+    async fn record(sim: &SimulatedCluster, phase: &str) -> Option<serde_json::Value> {
+        sim.record("kevin-test1", &format!("{OP}:{phase}"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_rollbacks_delete_created_keys_and_restore_the_others_exactly() {
+        let (_d, sim, engine) = migrations().await;
+        let tc = format!("{TRUSTED_CLUSTERS}ops.example.com");
+        let role = format!("{ROLES}@teleadmin");
+        let before = sim.inspect().unwrap().etcd_data;
+        assert!(!before.contains_key(&tc));
+        assert!(before[&role].contains("assignKubernetesGroups"));
+
+        for phase in ["/migration/links", "/migration/roles"] {
+            engine.execute(&p(phase), true).await.unwrap();
+        }
+        let after = sim.inspect().unwrap().etcd_data;
+        assert!(after[&tc].contains("ops.example.com:32009"));
+        assert!(!after[&role].contains("assignKubernetesGroups"));
+        // The records keep an absent key as null, a present one by value
+        // (the format earlier versions wrote and read).
+        assert_eq!(
+            record(&sim, "/migration/links").await,
+            Some(json!({ (tc.clone()): null }))
+        );
+        assert_eq!(
+            record(&sim, "/migration/roles").await,
+            Some(json!({ (role.clone()): before[&role] }))
+        );
+
+        for phase in ["/migration/roles", "/migration/links"] {
+            engine.rollback(&p(phase), true).await.unwrap();
+        }
+        // No key left behind, the role as it was, byte for byte.
+        assert_eq!(sim.inspect().unwrap().etcd_data, before);
+        assert_eq!(sim.get(&tc).await.unwrap(), None);
+        assert!(sim.list(TRUSTED_CLUSTERS).await.unwrap().is_empty());
+        assert_eq!(record(&sim, "/migration/links").await, None);
+        assert_eq!(record(&sim, "/migration/roles").await, None);
+        // ... durably: a new process reads the same keys.
+        let reopened = SimulatedCluster::open(sim.state_dir()).unwrap();
+        assert_eq!(reopened.inspect().unwrap().etcd_data, before);
+
+        // A key that existed with an empty value is not "absent": the
+        // rollback puts the empty value back instead of deleting it.
+        sim.put(&tc, "").await.unwrap();
+        engine.execute(&p("/migration/links"), true).await.unwrap();
+        assert_eq!(
+            record(&sim, "/migration/links").await,
+            Some(json!({ (tc.clone()): "" }))
+        );
+        engine.rollback(&p("/migration/links"), true).await.unwrap();
+        assert_eq!(sim.get(&tc).await.unwrap().as_deref(), Some(""));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn simulated_etcd_delete_reports_whether_the_key_existed() {
+        let (_d, sim, _engine) = migrations().await;
+        sim.put("/gravity/local/x", "1").await.unwrap();
+        assert!(sim.delete("/gravity/local/x").await.unwrap());
+        assert!(!sim.delete("/gravity/local/x").await.unwrap());
+        assert_eq!(sim.get("/gravity/local/x").await.unwrap(), None);
+        let reopened = SimulatedCluster::open(sim.state_dir()).unwrap();
+        assert_eq!(reopened.get("/gravity/local/x").await.unwrap(), None);
+    }
 }

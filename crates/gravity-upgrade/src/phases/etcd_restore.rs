@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use gravity_plan::{ExecError, PhaseContext, PhaseExecutor};
 
 use super::common::{Context, ETCD_BACKUP_PATH, data, executor_struct, gated_etcd_data};
+use crate::backend::EtcdAddress;
 use crate::executors::EtcdData;
 
 executor_struct!(
@@ -26,7 +27,10 @@ impl PhaseExecutor for EtcdRestore {
             .member(h)
             .await
             .ctx(|| format!("wait-for-etcd on node {h}"))?;
-        if !m.is_some_and(|m| m.healthy) {
+        // Gravity's wait-for-etcd checked the upgrade address (127.0.0.2):
+        // a member already back on its normal address would let clients
+        // see the restore half-done.
+        if !m.is_some_and(|m| m.healthy && m.serving == Some(EtcdAddress::Upgrade)) {
             return Err(format!(
                 "etcd on node {} is not serving on the upgrade address; execute /etcd/upgrade/{h} first",
                 d.server.display()

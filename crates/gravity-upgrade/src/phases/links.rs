@@ -23,7 +23,8 @@ executor_struct!(
     /// `links`: ignores wizard links and builds a trusted cluster from the
     /// first remote-access link (a warning names the others), written to
     /// [`TRUSTED_CLUSTERS`]`<host>`. Rollback puts back exactly the key it
-    /// wrote (Gravity's deleted every trusted cluster).
+    /// wrote: its previous value, or no key if there was none (Gravity's
+    /// deleted every trusted cluster).
     Links
 );
 
@@ -64,7 +65,8 @@ impl TrustedCluster {
 }
 
 /// The names of the trusted clusters in the backend (keys with an empty
-/// value, left by a rollback, are none).
+/// value, which rollbacks of earlier versions left instead of deleting
+/// the key, are none).
 pub async fn trusted_clusters(b: &Backends) -> Result<Vec<String>, ExecError> {
     let keys = b
         .etcd

@@ -40,7 +40,7 @@
 //! | `etcd_restart_gravity` | [`etcd_restart_gravity`] | nothing |
 //! | `config` | [`config`] | pulled configuration deleted |
 //! | `update_app` | [`update_app`] | rollback hooks, previous version |
-//! | `links` | [`links`] | the trusted-cluster key as before |
+//! | `links` | [`links`] | the trusted-cluster key as before (deleted if it was created) |
 //! | `labels` | [`node_labels`] | previous labels |
 //! | `roles` | [`roles`] | the role keys as before |
 //! | `cleanup_node` | [`cleanup_node`] | removed packages pulled back |

@@ -641,6 +641,14 @@ impl Etcd for SimulatedCluster {
         .await
     }
 
+    async fn delete(&self, key: &str) -> BackendResult<bool> {
+        self.change(|s| {
+            let dir = serving_dir(s)?;
+            Ok(s.etcd_delete(&dir, key))
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<BTreeMap<String, String>> {
         self.look(|s| {
             let dir = serving_dir(s)?;

@@ -634,6 +634,24 @@ impl SimState {
             .insert((dir.to_string(), key.to_string()));
     }
 
+    /// Removes an etcd key from data dir `dir`; returns whether it was
+    /// there. The removal is journaled like [`SimState::etcd_put`] (the
+    /// key's record carries no value).
+    pub(crate) fn etcd_delete(&mut self, dir: &str, key: &str) -> bool {
+        let removed = self
+            .etcd
+            .data
+            .get_mut(dir)
+            .is_some_and(|m| m.remove(key).is_some());
+        if removed {
+            self.derived
+                .dirty
+                .etcd
+                .insert((dir.to_string(), key.to_string()));
+        }
+        removed
+    }
+
     /// The cluster model, to change (indexes are rebuilt).
     pub(crate) fn set_cluster(&mut self, cluster: Cluster) {
         self.cluster = cluster;
