@@ -19,7 +19,7 @@ fn executor(b: &Backends, kind: &str) -> Arc<dyn PhaseExecutor> {
         .get(kind)
         .unwrap_or_else(|| panic!("no executor {kind}"))
 }
-use gravity_upgrade::backend::Backends;
+use gravity_upgrade::backend::{Backends, Hook};
 use gravity_upgrade::phases::registry;
 use gravity_upgrade::sim::{SimSpec, SimulatedCluster};
 use gravity_upgrade::{BuildOptions, Cluster, ClusterImage, build_plan};
@@ -236,4 +236,69 @@ async fn kubelet_permissions_rollback_deletes_only_what_was_created() {
     p.rollback(&ctx).await.unwrap();
     assert!(e.fake.names("clusterrolebindings").is_empty());
     assert_eq!(e.fake.names("clusterroles"), ["kubelet-upgrade"]);
+}
+
+fn hook_job(name: &str) -> k8s_openapi::api::batch::v1::Job {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "hook", "image": "hook:1"}],
+        }}},
+    }))
+    .unwrap()
+}
+
+/// The `gravitational.io/hook` labels of the jobs created, in order.
+fn hooks_created(fake: &FakeApi) -> Vec<String> {
+    fake.requests_of("POST", "/apis/batch/v1/namespaces/kube-system/jobs")
+        .iter()
+        .map(|r| r.body["metadata"]["labels"]["gravitational.io/hook"].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn update_app_runs_the_network_hooks_the_application_defines() {
+    let mut e = env(1).await;
+    let phase = e
+        .graph
+        .nodes()
+        .iter()
+        .map(|n| &n.phase)
+        .find(|p| p.executor.as_deref() == Some("update_app") && !p.id.as_str().contains("rbac"))
+        .expect("an update_app phase")
+        .clone();
+    let app: gravity_upgrade::executors::AppData = phase.data.decode().unwrap();
+    // The application defines networkUpdate, update, rollback and
+    // networkRollback, not postUpdate nor postRollback.
+    let jobs = Arc::new(gravity_kube::MemoryHookJobs::new());
+    for (hook, name) in [
+        (Hook::NetworkUpdate, "net-update"),
+        (Hook::Update, "update"),
+        (Hook::Rollback, "rollback"),
+        (Hook::NetworkRollback, "net-rollback"),
+    ] {
+        jobs.insert(app.package.name(), hook, hook_job(name));
+    }
+    e.backends.kube = Arc::new(e.fake.backend(FakeApi::fast_options()).with_hooks(jobs));
+    let ctx = PhaseContext::new(
+        e.graph.clone(),
+        &phase.id,
+        Arc::new(NoProgress),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let update_app = executor(&e.backends, "update_app");
+
+    update_app.execute(&ctx).await.unwrap();
+    assert_eq!(hooks_created(&e.fake), ["\"networkUpdate\"", "\"update\""]);
+
+    e.fake.clear_requests();
+    update_app.rollback(&ctx).await.unwrap();
+    assert_eq!(
+        hooks_created(&e.fake),
+        ["\"rollback\"", "\"networkRollback\""]
+    );
 }

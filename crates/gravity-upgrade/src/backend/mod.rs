@@ -237,6 +237,12 @@ pub enum Hook {
     Rollback,
     /// `postRollback`.
     PostRollback,
+    /// `networkUpdate`: an overlay-network application's change, run
+    /// before `update`.
+    NetworkUpdate,
+    /// `networkRollback`: undoes `networkUpdate`, run after
+    /// `postRollback`.
+    NetworkRollback,
 }
 
 impl Hook {
@@ -248,6 +254,8 @@ impl Hook {
             Hook::PostUpdate => "postUpdate",
             Hook::Rollback => "rollback",
             Hook::PostRollback => "postRollback",
+            Hook::NetworkUpdate => "networkUpdate",
+            Hook::NetworkRollback => "networkRollback",
         }
     }
 }

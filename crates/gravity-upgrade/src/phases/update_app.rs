@@ -9,10 +9,12 @@ use crate::backend::Hook;
 use crate::executors::AppData;
 
 executor_struct!(
-    /// `update_app`: runs the `update` and `postUpdate` hooks (resources
-    /// only for `rbac-app`) and records the new version. Rollback runs the
-    /// `rollback` and `postRollback` hooks and records the previous version
-    /// again, if the installed version is the one this phase set.
+    /// `update_app`: runs the `networkUpdate`, `update` and `postUpdate`
+    /// hooks, each if the application defines it (resources only for
+    /// `rbac-app`), and records the new version. Rollback runs the
+    /// `rollback`, `postRollback` and `networkRollback` hooks and records
+    /// the previous version again, if the installed version is the one
+    /// this phase set.
     UpdateApp
 );
 
@@ -27,7 +29,7 @@ impl PhaseExecutor for UpdateApp {
         gate(&self.b, ctx, None).await?;
         let p = &d.package;
         if p.name() != "rbac-app" {
-            for h in [Hook::Update, Hook::PostUpdate] {
+            for h in [Hook::NetworkUpdate, Hook::Update, Hook::PostUpdate] {
                 let out = self
                     .b
                     .kube
@@ -63,7 +65,7 @@ impl PhaseExecutor for UpdateApp {
             return Ok(());
         }
         if p.name() != "rbac-app" {
-            for h in [Hook::Rollback, Hook::PostRollback] {
+            for h in [Hook::Rollback, Hook::PostRollback, Hook::NetworkRollback] {
                 self.b
                     .kube
                     .run_hook(p, h)

@@ -309,9 +309,16 @@ impl Kubernetes for SimulatedCluster {
 
     async fn run_hook(&self, app: &Locator, hook: Hook) -> BackendResult<HookOutcome> {
         self.change(|s| {
-            // Only the user application defines a preUpdate hook.
+            // Only the user application defines a preUpdate hook, and the
+            // simulated images have no overlay-network application (the
+            // only kind that defines the network hooks).
             let user_app = s.cluster.installed.app.name() == app.name();
-            if hook == Hook::PreUpdate && !user_app {
+            let defined = match hook {
+                Hook::PreUpdate => user_app,
+                Hook::NetworkUpdate | Hook::NetworkRollback => false,
+                _ => true,
+            };
+            if !defined {
                 return Ok(HookOutcome {
                     ran: false,
                     logs: Vec::new(),
