@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_api::{FOREVER, FakeApi, JobScript};
+use fake_api::{FOREVER, FakeApi, JobScript, hook_job};
 use gravity_kube::{APPLICATIONS_KEY, KubeBackend, MemoryHookJobs};
 use gravity_pack::Locator;
 use gravity_upgrade::backend::{BackendError, DrainOptions, Hook, Kubernetes, Taint};
@@ -650,25 +650,20 @@ async fn delete_objects_deletes_exactly_what_is_named() {
     assert!(fake.writes().is_empty());
 }
 
-fn hook_job(name: &str) -> k8s_openapi::api::batch::v1::Job {
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {"template": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "hook", "image": "telekube-hook:1"}, {"name": "sidecar", "image": "busybox"}],
-        }}},
-    }))
-    .unwrap()
-}
-
 #[tokio::test]
 async fn hooks_run_as_jobs_and_return_their_logs() {
     let fake = FakeApi::start().await;
     let jobs = Arc::new(MemoryHookJobs::new());
-    jobs.insert("telekube", Hook::PreUpdate, hook_job("telekube-pre"));
-    jobs.insert("telekube", Hook::Update, hook_job("telekube-update"));
+    jobs.insert(
+        "telekube",
+        Hook::PreUpdate,
+        hook_job("telekube-pre", &["hook", "sidecar"]),
+    );
+    jobs.insert(
+        "telekube",
+        Hook::Update,
+        hook_job("telekube-update", &["hook", "sidecar"]),
+    );
     let kube = fake.backend(FakeApi::fast_options()).with_hooks(jobs);
     fake.script_job(
         "telekube-pre",
@@ -742,7 +737,11 @@ async fn hooks_run_as_jobs_and_return_their_logs() {
 async fn a_hook_job_that_does_not_finish_times_out() {
     let fake = FakeApi::start().await;
     let jobs = Arc::new(MemoryHookJobs::new());
-    jobs.insert("telekube", Hook::Rollback, hook_job("slow"));
+    jobs.insert(
+        "telekube",
+        Hook::Rollback,
+        hook_job("slow", &["hook", "sidecar"]),
+    );
     let kube = fake
         .backend(gravity_kube::KubeOptions {
             hook_timeout: Duration::from_millis(100),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
-use fake_api::FakeApi;
+use fake_api::{FakeApi, hook_job};
 use gravity_plan::{NoProgress, PhaseContext, PhaseExecutor, PlanGraph};
 
 /// The registered executor of `kind` (looked up by kind so that the test
@@ -238,19 +238,6 @@ async fn kubelet_permissions_rollback_deletes_only_what_was_created() {
     assert_eq!(e.fake.names("clusterroles"), ["kubelet-upgrade"]);
 }
 
-fn hook_job(name: &str) -> k8s_openapi::api::batch::v1::Job {
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {"template": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "hook", "image": "hook:1"}],
-        }}},
-    }))
-    .unwrap()
-}
-
 /// The `gravitational.io/hook` labels of the jobs created, in order.
 fn hooks_created(fake: &FakeApi) -> Vec<String> {
     fake.requests_of("POST", "/apis/batch/v1/namespaces/kube-system/jobs")
@@ -280,7 +267,7 @@ async fn update_app_runs_the_network_hooks_the_application_defines() {
         (Hook::Rollback, "rollback"),
         (Hook::NetworkRollback, "net-rollback"),
     ] {
-        jobs.insert(app.package.name(), hook, hook_job(name));
+        jobs.insert(app.package.name(), hook, hook_job(name, &["hook"]));
     }
     e.backends.kube = Arc::new(e.fake.backend(FakeApi::fast_options()).with_hooks(jobs));
     let ctx = PhaseContext::new(

@@ -842,3 +842,22 @@ impl FakeApi {
         self.with(|s| s.job_scripts.push((prefix.to_string(), script)));
     }
 }
+
+/// A hook Job manifest named `name` whose pod runs `containers` (the
+/// fake "runs" it when created: see [`FakeApi::script_job`]).
+pub fn hook_job(name: &str, containers: &[&str]) -> k8s_openapi::api::batch::v1::Job {
+    let containers: Vec<Value> = containers
+        .iter()
+        .map(|c| json!({"name": c, "image": format!("{c}:1")}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": containers,
+        }}},
+    }))
+    .expect("a valid Job")
+}
