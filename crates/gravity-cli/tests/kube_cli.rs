@@ -405,20 +405,17 @@ async fn a_bad_kubeconfig_is_one_line_of_error_and_changes_nothing() {
     assert_eq!(env.phase_state("/checks").await, "unstarted");
 
     // The messages: what is wrong with which file, and what to do.
-    let o = env
-        .kube_cmd(&missing, Via::Flag, &["upgrade", "--manual"])
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8(o.stderr).unwrap();
-    assert!(err.contains("No such file or directory"), "{err}");
-    assert!(err.ends_with(hint), "{err}");
-    let o = env
-        .kube_cmd(&garbage, Via::Flag, &["upgrade", "--manual"])
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8(o.stderr).unwrap();
-    assert!(err.contains("line 2 column 1"), "{err}");
-    assert!(err.ends_with(hint), "{err}");
+    for (config, what) in [
+        (&missing, "No such file or directory"),
+        (&garbage, "line 2 column 1"),
+    ] {
+        let o = env
+            .kube_cmd(config, Via::Flag, &["upgrade", "--manual"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert!(err.contains(what), "{err}");
+        assert!(err.ends_with(hint), "{err}");
+    }
 }
