@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use gravity_etcd::{EtcdClient, TxnOp};
 
 /// One rehearsal: a state directory with a simulated cluster, its upgrade
@@ -51,24 +53,11 @@ impl Rehearsal {
     }
 
     fn cmd_in(&self, state: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_gravity"));
-        c.arg("--state-dir").arg(state).args(args);
-        c.env("TMPDIR", self.dir.path());
-        c.env_remove("GRAVITY_STATE_DIR");
-        c.env_remove("GRAVITY_ETCD_ENDPOINTS");
-        c.env_remove("GRAVITY_KUBECONFIG");
-        c
+        common::gravity(state, self.dir.path(), args)
     }
 
     fn ok_in(&self, state: &Path, args: &[&str]) -> String {
-        let o = self.cmd_in(state, args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "gravity {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        common::succeeded(args, self.cmd_in(state, args).output().unwrap())
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -8,9 +8,8 @@ mod common;
 mod fake_api;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::find_phase;
+use common::{find_phase, succeeded, text};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
 
@@ -49,17 +48,8 @@ impl Env {
     /// `gravity --state-dir <state> args…`, with no kubeconfig or etcd
     /// from the environment of the test.
     fn cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_gravity"));
-        c.arg("--state-dir").arg(self.state()).args(args);
-        c.env("TMPDIR", self.dir.path());
-        for var in [
-            "GRAVITY_STATE_DIR",
-            "GRAVITY_KUBECONFIG",
-            "GRAVITY_ETCD_ENDPOINTS",
-            "KUBECONFIG",
-        ] {
-            c.env_remove(var);
-        }
+        let mut c =
+            tokio::process::Command::from(common::gravity(&self.state(), self.dir.path(), args));
         c.kill_on_drop(true);
         c
     }
@@ -122,19 +112,6 @@ impl Env {
         .unwrap();
         path
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn succeeded(args: &[&str], o: Output) -> String {
-    assert!(o.status.success(), "gravity {args:?} failed: {}", text(&o));
-    String::from_utf8(o.stdout).unwrap()
 }
 
 /// The hostnames of the simulated cluster, masters first as `sim inspect`

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -21,10 +23,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_gravity"));
-        c.arg("--state-dir").arg(self.state()).args(args);
-        c.env("TMPDIR", self.dir.path());
-        c
+        common::gravity(&self.state(), self.dir.path(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -32,21 +31,12 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "gravity {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        common::succeeded(args, self.run(args))
     }
 
     /// Runs a command that must fail; returns its stderr.
     fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(!o.status.success(), "gravity {args:?} succeeded");
-        String::from_utf8(o.stderr).unwrap()
+        common::failed(args, self.run(args)).1
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {

@@ -60,11 +60,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_gravity"));
-        c.arg("--state-dir").arg(self.state()).args(args);
-        c.env("TMPDIR", self.dir.path());
-        c.env_remove("GRAVITY_STATE_DIR");
-        c
+        common::gravity(&self.state(), self.dir.path(), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -73,29 +69,13 @@ impl Env {
 
     /// Runs a command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "gravity {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        common::succeeded(args, self.run(args))
     }
 
     /// Runs a command that must fail; returns its stdout and stderr.
     fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            !o.status.success(),
-            "gravity {args:?} succeeded: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-        format!(
-            "{}{}",
-            String::from_utf8(o.stdout).unwrap(),
-            String::from_utf8(o.stderr).unwrap()
-        )
+        let (out, err) = common::failed(args, self.run(args));
+        out + &err
     }
 
     fn execute(&self, phase: &str) {
