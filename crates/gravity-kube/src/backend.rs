@@ -35,6 +35,20 @@ pub struct KubeOptions {
     pub eviction_backoff: Duration,
     /// Longest wait between two eviction attempts of one pod.
     pub eviction_backoff_max: Duration,
+    /// How long one API call is retried while the API server is
+    /// unavailable: no connection, no answer, 502/503/504, 429 throttling
+    /// (except an eviction's 429, see
+    /// [`KubeOptions::eviction_backoff`]), or a 500 from an etcd leader
+    /// change or timeout. Past it the call fails with
+    /// [`BackendError::ApiUnavailable`]. Calls of a drain or a wait also
+    /// stop retrying at its deadline. Other failures are never retried.
+    /// `Duration::ZERO` turns the retries off.
+    pub transient_budget: Duration,
+    /// First wait before retrying a transient failure; doubled after each
+    /// up to [`KubeOptions::transient_backoff_max`].
+    pub transient_backoff: Duration,
+    /// Longest wait between two attempts of a call failing transiently.
+    pub transient_backoff_max: Duration,
     /// How many times a write that met a concurrent writer (409 Conflict)
     /// is recomputed from a fresh read and retried.
     pub conflict_retries: u32,
@@ -50,13 +64,19 @@ pub struct KubeOptions {
 
 impl Default for KubeOptions {
     /// Gravity's values: polls every second, eviction backoff from 500 ms
-    /// to 30 s, 5 conflict retries, hooks in `kube-system` for up to
-    /// 20 minutes, applications in `kube-system/gravity-applications`.
+    /// to 30 s, transient failures retried for up to 60 s with backoff
+    /// from 200 ms to 5 s (an API server restart during the upgrade takes
+    /// seconds to tens of seconds), 5 conflict retries, hooks in
+    /// `kube-system` for up to 20 minutes, applications in
+    /// `kube-system/gravity-applications`.
     fn default() -> Self {
         KubeOptions {
             poll_interval: Duration::from_secs(1),
             eviction_backoff: Duration::from_millis(500),
             eviction_backoff_max: Duration::from_secs(30),
+            transient_budget: Duration::from_secs(60),
+            transient_backoff: Duration::from_millis(200),
+            transient_backoff_max: Duration::from_secs(5),
             conflict_retries: 5,
             hook_namespace: "kube-system".into(),
             hook_timeout: Duration::from_secs(20 * 60),
@@ -100,8 +120,10 @@ impl KubeBackend {
     ///
     /// The client should not retry 429 answers itself (kube-rs does by
     /// default, see [`kube::Config::default_retry`]): the drain retries
-    /// refused evictions within its own deadline. The other constructors
-    /// turn that retry off.
+    /// refused evictions within its own deadline, and the backend retries
+    /// other transient failures within [`KubeOptions::transient_budget`]
+    /// and the deadlines of drains and waits. The other constructors turn
+    /// that retry off.
     pub fn new(client: kube::Client, options: KubeOptions) -> Self {
         KubeBackend {
             client,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::backend::KubeBackend;
 use crate::error::{api_code, backend, is_not_found};
+use crate::retry::Retry;
 use crate::selector;
 
 /// The annotation of mirror (static) pods.
@@ -65,9 +66,12 @@ impl KubeBackend {
     ) -> BackendResult<DrainReport> {
         let start = Instant::now();
         let deadline = start + opts.eviction_deadline;
-        self.get_node(node).await?;
-        let pods = Api::<Pod>::all(self.client.clone())
-            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        let within = Retry::until(deadline);
+        self.get_node_with(node, within).await?;
+        let pods_api = Api::<Pod>::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let pods = self
+            .call_with(within, || pods_api.list(&lp))
             .await
             .map_err(|e| backend(format!("cannot list the pods of node {node}"), e))?;
         let mut report = DrainReport::default();
@@ -98,20 +102,32 @@ impl KubeBackend {
             return Ok(report);
         }
         let mut budgets: Vec<String> = Vec::new();
+        let mut unlisted: Vec<String> = Vec::new();
         let mut by_namespace: BTreeMap<String, Vec<PodDisruptionBudget>> = BTreeMap::new();
         for p in refused.iter().chain(&lingering) {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             if !by_namespace.contains_key(&ns) {
-                let list = Api::<PodDisruptionBudget>::namespaced(self.client.clone(), &ns)
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| {
-                        backend(
+                // Past the deadline: one attempt, no retries. If the API
+                // server is away now, the blocked pods still matter more
+                // than naming their budgets.
+                let api = Api::<PodDisruptionBudget>::namespaced(self.client.clone(), &ns);
+                let lp = ListParams::default();
+                let items = match self.call_with(within, || api.list(&lp)).await {
+                    Ok(list) => list.items,
+                    Err(e) if e.gave_up => {
+                        unlisted.push(format!(
+                            "(unknown in namespace {ns}: the Kubernetes API server was unavailable)"
+                        ));
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        return Err(backend(
                             format!("cannot list the PodDisruptionBudgets of namespace {ns}"),
                             e,
-                        )
-                    })?;
-                by_namespace.insert(ns.clone(), list.items);
+                        ));
+                    }
+                };
+                by_namespace.insert(ns.clone(), items);
             }
             let labels = p.metadata.labels.clone().unwrap_or_default();
             for b in &by_namespace[&ns] {
@@ -124,6 +140,7 @@ impl KubeBackend {
                 }
             }
         }
+        budgets.extend(unlisted);
         let mut pods: Vec<String> = refused.iter().map(|p| pod_key(p)).collect();
         pods.extend(
             lingering
@@ -154,8 +171,14 @@ impl KubeBackend {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let uid = pod.metadata.uid.as_deref();
         let mut delay = self.options.eviction_backoff;
+        let eviction = Retry {
+            deadline: Some(deadline),
+            eviction: true,
+        };
         loop {
-            match self.evict(ns, name).await {
+            // Evicting a pod twice (a retry after a lost answer) is
+            // harmless: the second finds it gone (404) or terminating.
+            match self.call_with(eviction, || self.evict(ns, name)).await {
                 Ok(()) => break,
                 Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),
                 Err(e) if api_code(&e) == Some(429) => {
@@ -176,7 +199,7 @@ impl KubeBackend {
         }
         let api = Api::<Pod>::namespaced(self.client.clone(), ns);
         loop {
-            match api.get_opt(name).await {
+            match self.call_until(deadline, || api.get_opt(name)).await {
                 Ok(None) => return Ok(Outcome::Gone),
                 Ok(Some(p)) if p.metadata.uid.as_deref() != uid => return Ok(Outcome::Gone),
                 Ok(Some(_)) => {}

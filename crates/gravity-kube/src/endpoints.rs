@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::backend::KubeBackend;
 use crate::error::backend;
+use crate::retry::Retry;
 
 /// The namespace of the system services.
 pub(crate) const SYSTEM_NAMESPACE: &str = "kube-system";
@@ -66,15 +67,20 @@ impl KubeBackend {
     ) -> BackendResult<()> {
         let start = Instant::now();
         let deadline = start + timeout;
-        self.get_node(node).await?;
+        let within = Retry::until(deadline);
+        self.get_node_with(node, within).await?;
         let api = Api::<Endpoints>::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let lp = ListParams::default();
         loop {
-            let list = api.list(&ListParams::default()).await.map_err(|e| {
-                backend(
-                    format!("cannot list the endpoints of {SYSTEM_NAMESPACE}"),
-                    e,
-                )
-            })?;
+            let list = self
+                .call_with(within, || api.list(&lp))
+                .await
+                .map_err(|e| {
+                    backend(
+                        format!("cannot list the endpoints of {SYSTEM_NAMESPACE}"),
+                        e,
+                    )
+                })?;
             let Some(detail) = missing(&list.items, node) else {
                 return Ok(());
             };

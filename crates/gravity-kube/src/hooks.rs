@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, LogParams, PostParams};
 use tokio::time::Instant;
 
 use crate::backend::KubeBackend;
-use crate::error::backend;
+use crate::error::{CallError, backend, is_conflict};
 use crate::selector;
 
 /// Label naming the hook on hook jobs.
@@ -190,15 +190,27 @@ impl KubeBackend {
         labels.insert(APP_LABEL.into(), job_name_prefix(app.name()));
         job.status = None;
         let jobs = Api::<Job>::namespaced(self.client.clone(), &ns);
-        let created = jobs
-            .create(&PostParams::default(), &job)
-            .await
-            .map_err(|e| {
-                backend(
+        let pp = PostParams::default();
+        let read_err = |e: CallError| {
+            backend(
+                format!("cannot read job {ns}/{name} of {app}({})", hook.as_str()),
+                e,
+            )
+        };
+        let created = match self.call(|| jobs.create(&pp, &job)).await {
+            Ok(j) => j,
+            // The name is unique to this call: a retry meeting an existing
+            // job meets its own first attempt, applied with the answer lost.
+            Err(e) if is_conflict(&e) && e.retried() => {
+                self.call(|| jobs.get(&name)).await.map_err(read_err)?
+            }
+            Err(e) => {
+                return Err(backend(
                     format!("cannot create job {ns}/{name} for {app}({})", hook.as_str()),
                     e,
-                )
-            })?;
+                ));
+            }
+        };
         let deadline = Instant::now() + self.options.hook_timeout;
         let mut current = created;
         let ok = loop {
@@ -210,12 +222,10 @@ impl KubeBackend {
                 break None;
             }
             tokio::time::sleep(self.options.poll_interval.min(deadline - now)).await;
-            current = jobs.get(&name).await.map_err(|e| {
-                backend(
-                    format!("cannot read job {ns}/{name} of {app}({})", hook.as_str()),
-                    e,
-                )
-            })?;
+            current = self
+                .call_until(deadline, || jobs.get(&name))
+                .await
+                .map_err(read_err)?;
         };
         let mut logs = self.job_logs(&ns, &name, &current).await?;
         match ok {
@@ -246,8 +256,9 @@ impl KubeBackend {
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| BTreeMap::from([("job-name".to_string(), name.to_string())]));
         let pods = Api::<Pod>::namespaced(self.client.clone(), ns);
-        let mut list = pods
-            .list(&ListParams::default().labels(&selector::equality(&match_labels)))
+        let lp = ListParams::default().labels(&selector::equality(&match_labels));
+        let mut list = self
+            .call(|| pods.list(&lp))
             .await
             .map_err(|e| backend(format!("cannot list the pods of job {ns}/{name}"), e))?
             .items;
@@ -265,7 +276,7 @@ impl KubeBackend {
                     container: Some(c.clone()),
                     ..Default::default()
                 };
-                match pods.logs(&pod, &lp).await {
+                match self.call(|| pods.logs(&pod, &lp)).await {
                     Ok(text) => lines.extend(text.lines().map(str::to_string)),
                     Err(e) => lines.push(format!(
                         "(cannot read the logs of {ns}/{pod} container {c}: {e})"

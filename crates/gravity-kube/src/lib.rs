@@ -36,6 +36,22 @@
 //!   `kube-dns`, `kubedns`, `kube-dns-worker`) has the node as `nodeName`.
 //! - **Records.** Installed applications are kept in the ConfigMap
 //!   `kube-system/gravity-applications` (see [`APPLICATIONS_KEY`]).
+//! - **Transient failures.** The API server restarts during an upgrade.
+//!   A request that gets no answer (connection refused, reset or closed,
+//!   timeout), 502, 503, 504, 429 (throttling; not for evictions, where
+//!   429 is a disruption budget's refusal) or a 500 from an etcd leader
+//!   change or timeout is repeated with exponential backoff for up to
+//!   [`KubeOptions::transient_budget`], and never past the deadline of the
+//!   drain or wait it belongs to; then the call fails with
+//!   [`BackendError::ApiUnavailable`] (see [`BackendError::is_transient`]).
+//!   Other failures are returned at once. Repeating is safe: node patches
+//!   and ConfigMap writes carry the `resourceVersion` they were computed
+//!   from, and one whose first answer was lost and whose retry meets its
+//!   own effect (409 or 404) is recognised as done, so their "did this
+//!   call change anything" answers stay exact; a delete or an eviction
+//!   that meets 404 is done; a "create if absent" that meets 409 on a
+//!   retry reports the object as not created by the call (a rollback
+//!   never deletes what it cannot tell from a pre-existing object).
 //!
 //! Configuration comes from a kubeconfig file ([`KubeBackend::from_kubeconfig`]),
 //! from the environment as kubectl finds it ([`KubeBackend::infer`]:
@@ -47,6 +63,8 @@
 //!
 //! [`BackendError`]: gravity_upgrade::backend::BackendError
 //! [`BackendError::EvictionBlocked`]: gravity_upgrade::backend::BackendError::EvictionBlocked
+//! [`BackendError::ApiUnavailable`]: gravity_upgrade::backend::BackendError::ApiUnavailable
+//! [`BackendError::is_transient`]: gravity_upgrade::backend::BackendError::is_transient
 //! [`DrainOptions::eviction_deadline`]: gravity_upgrade::backend::DrainOptions::eviction_deadline
 //! [`Created`]: gravity_upgrade::backend::Created
 //! [`Kubernetes::delete_objects`]: gravity_upgrade::backend::Kubernetes::delete_objects
@@ -59,6 +77,7 @@ mod error;
 mod hooks;
 mod nodes;
 mod objects;
+mod retry;
 mod selector;
 
 pub use backend::{APPLICATIONS_KEY, KubeBackend, KubeOptions};

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::backend::KubeBackend;
 use crate::error::{backend, is_conflict, is_not_found};
+use crate::retry::Retry;
 
 /// What a node update wants to do after looking at the node.
 pub(crate) struct NodeChange<R> {
@@ -96,7 +97,14 @@ impl KubeBackend {
 
     /// Reads a node; 404 is [`BackendError::UnknownNode`].
     pub(crate) async fn get_node(&self, name: &str) -> BackendResult<Node> {
-        match self.node_api().get(name).await {
+        self.get_node_with(name, Retry::default()).await
+    }
+
+    /// [`KubeBackend::get_node`] retrying transient failures as `retry`
+    /// says (for a drain or wait: not past its deadline).
+    pub(crate) async fn get_node_with(&self, name: &str, retry: Retry) -> BackendResult<Node> {
+        let api = self.node_api();
+        match self.call_with(retry, || api.get(name)).await {
             Ok(n) => Ok(n),
             Err(e) if is_not_found(&e) => Err(BackendError::UnknownNode(name.to_string())),
             Err(e) => Err(backend(format!("cannot read node {name}"), e)),
@@ -108,9 +116,10 @@ impl KubeBackend {
     }
 
     pub(crate) async fn list_nodes(&self) -> BackendResult<Vec<NodeInfo>> {
+        let api = self.node_api();
+        let lp = ListParams::default();
         let list = self
-            .node_api()
-            .list(&ListParams::default())
+            .call(|| api.list(&lp))
             .await
             .map_err(|e| backend("cannot list the nodes", e))?;
         Ok(list.items.iter().map(node_info).collect())
@@ -119,6 +128,12 @@ impl KubeBackend {
     /// Reads the node, asks `change` what to patch, and patches with the
     /// read `resourceVersion`; on 409 Conflict reads again and retries, at
     /// most [`crate::KubeOptions::conflict_retries`] times.
+    ///
+    /// A patch retried after a transient failure may meet its own earlier
+    /// attempt, applied with the answer lost: 409, then a node that is
+    /// already as wanted. That is told from a node left alone by finding
+    /// its `resourceVersion` changed since the read, and the earlier
+    /// attempt's result is returned, so that "changed" stays exact.
     pub(crate) async fn update_node<R>(
         &self,
         name: &str,
@@ -127,25 +142,40 @@ impl KubeBackend {
     ) -> BackendResult<R> {
         let api = self.node_api();
         let attempts = self.options.conflict_retries.saturating_add(1);
+        // A patch that may have been applied: its result and the
+        // resourceVersion it was computed from.
+        let mut unsure: Option<(R, String)> = None;
         for _ in 0..attempts {
             let node = self.get_node(name).await?;
             let NodeChange { patch, result } = change(&node);
+            if let Some((earlier, read)) = unsure.take()
+                && patch.is_none()
+                && node.metadata.resource_version.as_ref() != Some(&read)
+            {
+                return Ok(earlier);
+            }
             let Some(mut patch) = patch else {
                 return Ok(result);
             };
-            if let (Some(rv), Some(obj)) = (&node.metadata.resource_version, patch.as_object_mut())
-            {
+            let rv = node.metadata.resource_version;
+            if let (Some(rv), Some(obj)) = (&rv, patch.as_object_mut()) {
                 let meta = obj.entry("metadata").or_insert_with(|| json!({}));
                 if let Some(meta) = meta.as_object_mut() {
                     meta.insert("resourceVersion".into(), Value::String(rv.clone()));
                 }
             }
-            match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            let params = PatchParams::default();
+            let patch = Patch::Merge(&patch);
+            match self.call(|| api.patch(name, &params, &patch)).await {
                 Ok(_) => return Ok(result),
-                Err(e) if is_conflict(&e) => continue,
+                Err(e) if is_conflict(&e) => {
+                    if e.retried()
+                        && let Some(rv) = rv
+                    {
+                        unsure = Some((result, rv));
+                    }
+                    continue;
+                }
                 Err(e) if is_not_found(&e) => {
                     return Err(BackendError::UnknownNode(name.to_string()));
                 }

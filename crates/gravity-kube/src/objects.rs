@@ -100,8 +100,40 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// A ConfigMap write that may have been applied with its answer lost.
+struct Unsure<R> {
+    /// The `resourceVersion` the write was computed from (`None`: a
+    /// create).
+    read: Option<String>,
+    /// The data written (`None`: a delete).
+    written: Option<BTreeMap<String, String>>,
+    /// What the write would return.
+    previous: Option<BTreeMap<String, String>>,
+    result: R,
+}
+
+impl<R> Unsure<R> {
+    /// Whether `current` is what the write made: gone after a delete, or
+    /// changed since the read and holding exactly the written data.
+    fn applied(&self, current: Option<&ConfigMap>) -> bool {
+        match (current, &self.written) {
+            (None, None) => true,
+            (Some(cm), Some(data)) => {
+                cm.metadata.resource_version != self.read
+                    && cm.data.as_ref().unwrap_or(&BTreeMap::new()) == data
+            }
+            _ => false,
+        }
+    }
+}
+
 impl KubeBackend {
     /// Creates `obj`; returns false if it already exists (409).
+    ///
+    /// A create retried after a transient failure whose answer was lost
+    /// may meet its own first attempt (409): it is reported as not created
+    /// by this call: nothing tells it from an object that existed before,
+    /// and a rollback must never delete one of those.
     async fn create_if_absent<K>(&self, api: Api<K>, obj: &K, label: &str) -> BackendResult<bool>
     where
         K: kube::Resource
@@ -110,7 +142,8 @@ impl KubeBackend {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        match api.create(&PostParams::default(), obj).await {
+        let pp = PostParams::default();
+        match self.call(|| api.create(&pp, obj)).await {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(backend(format!("cannot create {label}"), e)),
@@ -202,24 +235,22 @@ impl KubeBackend {
                 ))
             })?);
         }
+        // A delete retried after a lost answer finds the object gone: 404
+        // is done either way.
         for n in names {
             let dp = DeleteParams::default();
             let r = match &n {
-                ObjectName::ClusterRole(name) => Api::<ClusterRole>::all(self.client.clone())
-                    .delete(name, &dp)
-                    .await
-                    .map(|_| ()),
+                ObjectName::ClusterRole(name) => {
+                    let api = Api::<ClusterRole>::all(self.client.clone());
+                    self.call(|| api.delete(name, &dp)).await.map(|_| ())
+                }
                 ObjectName::ClusterRoleBinding(name) => {
-                    Api::<ClusterRoleBinding>::all(self.client.clone())
-                        .delete(name, &dp)
-                        .await
-                        .map(|_| ())
+                    let api = Api::<ClusterRoleBinding>::all(self.client.clone());
+                    self.call(|| api.delete(name, &dp)).await.map(|_| ())
                 }
                 ObjectName::ConfigMap { namespace, name } => {
-                    Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
-                        .delete(name, &dp)
-                        .await
-                        .map(|_| ())
+                    let api = Api::<ConfigMap>::namespaced(self.client.clone(), namespace);
+                    self.call(|| api.delete(name, &dp)).await.map(|_| ())
                 }
             };
             match r {
@@ -244,8 +275,8 @@ impl KubeBackend {
         namespace: &str,
         name: &str,
     ) -> BackendResult<Option<ConfigMap>> {
-        self.namespaced::<ConfigMap>(namespace)
-            .get_opt(name)
+        let api = self.namespaced::<ConfigMap>(namespace);
+        self.call(|| api.get_opt(name))
             .await
             .map_err(|e| backend(format!("cannot read ConfigMap {namespace}/{name}"), e))
     }
@@ -253,6 +284,12 @@ impl KubeBackend {
     /// Replaces the data of a ConfigMap computed by `f` from the current
     /// one (creating or deleting it), with optimistic concurrency; returns
     /// the previous data and what `f` returned.
+    ///
+    /// A write retried after a transient failure may meet its own first
+    /// attempt, applied with the answer lost (409 or 404). The map is read
+    /// again as after any conflict; if it now is what that write made
+    /// (a new `resourceVersion` with the written data, or gone after a
+    /// delete), the write is done and its previous data is returned.
     pub(crate) async fn update_config_map<R>(
         &self,
         namespace: &str,
@@ -264,11 +301,21 @@ impl KubeBackend {
         let api = self.namespaced::<ConfigMap>(namespace);
         let label = format!("ConfigMap {namespace}/{name}");
         let attempts = self.options.conflict_retries.saturating_add(1);
+        let pp = PostParams::default();
+        let mut unsure: Option<Unsure<R>> = None;
         for _ in 0..attempts {
             let current = self.read_config_map(namespace, name).await?;
+            if let Some(u) = unsure.take()
+                && u.applied(current.as_ref())
+            {
+                return Ok((u.previous, u.result));
+            }
             let previous = current.as_ref().map(|c| c.data.clone().unwrap_or_default());
             let (next, r) = f(previous.as_ref())?;
-            let res = match (current, next) {
+            let read = current
+                .as_ref()
+                .and_then(|c| c.metadata.resource_version.clone());
+            let res = match (current, next.clone()) {
                 (None, None) => return Ok((previous, r)),
                 (None, Some(data)) => {
                     let cm = ConfigMap {
@@ -276,16 +323,14 @@ impl KubeBackend {
                         data: Some(data),
                         ..Default::default()
                     };
-                    api.create(&PostParams::default(), &cm).await.map(|_| ())
+                    self.call(|| api.create(&pp, &cm)).await.map(|_| ())
                 }
                 (Some(mut cm), Some(data)) => {
                     if previous.as_ref() == Some(&data) {
                         return Ok((previous, r));
                     }
                     cm.data = Some(data);
-                    api.replace(name, &PostParams::default(), &cm)
-                        .await
-                        .map(|_| ())
+                    self.call(|| api.replace(name, &pp, &cm)).await.map(|_| ())
                 }
                 (Some(cm), None) => {
                     let dp = DeleteParams {
@@ -295,16 +340,24 @@ impl KubeBackend {
                         }),
                         ..Default::default()
                     };
-                    match api.delete(name, &dp).await {
-                        Err(e) if is_not_found(&e) => Err(e),
-                        r => r.map(|_| ()),
-                    }
+                    self.call(|| api.delete(name, &dp)).await.map(|_| ())
                 }
             };
             match res {
                 Ok(()) => return Ok((previous, r)),
-                // A concurrent writer created, changed or deleted it: again.
-                Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
+                // A concurrent writer created, changed or deleted it, or
+                // this write's own lost first attempt did: again.
+                Err(e) if is_conflict(&e) || is_not_found(&e) => {
+                    if e.retried() {
+                        unsure = Some(Unsure {
+                            read,
+                            written: next,
+                            previous,
+                            result: r,
+                        });
+                    }
+                    continue;
+                }
                 Err(e) => return Err(backend(format!("cannot write {label}"), e)),
             }
         }
@@ -406,20 +459,21 @@ impl KubeBackend {
     ) -> BackendResult<usize> {
         let api = self.namespaced::<Pod>(namespace);
         let sel = selector::equality(labels);
-        let list = api
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(|e| {
-                backend(
-                    format!("cannot list the pods {sel:?} of namespace {namespace}"),
-                    e,
-                )
-            })?;
+        let lp = ListParams::default().labels(&sel);
+        let list = self.call(|| api.list(&lp)).await.map_err(|e| {
+            backend(
+                format!("cannot list the pods {sel:?} of namespace {namespace}"),
+                e,
+            )
+        })?;
         let mut n = 0;
+        let dp = DeleteParams::default();
         for p in list.items {
             let name = p.metadata.name.clone().unwrap_or_default();
-            match api.delete(&name, &DeleteParams::default()).await {
+            match self.call(|| api.delete(&name, &dp)).await {
                 Ok(_) => n += 1,
+                // Gone after a retry: most likely by the lost first attempt.
+                Err(e) if is_not_found(&e) && e.retried() => n += 1,
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(backend(format!("cannot delete pod {namespace}/{name}"), e)),
             }

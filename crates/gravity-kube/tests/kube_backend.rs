@@ -1033,3 +1033,290 @@ async fn an_unreachable_api_server_is_reported_with_what_to_do() {
         "{err}"
     );
 }
+
+/// `METHOD path` of every request so far.
+fn lines(fake: &FakeApi) -> Vec<String> {
+    fake.requests().iter().map(|r| r.line()).collect()
+}
+
+#[tokio::test]
+async fn cordon_rides_out_an_unavailable_api_server() {
+    let (fake, kube) = fake_with_node("n1").await;
+    let before = rv(&fake.node("n1"));
+    fake.fail_next("GET", "/api/v1/nodes/n1", 503, 2);
+    fake.fail_next("PATCH", "/api/v1/nodes/n1", 503, 1);
+    assert!(kube.cordon("n1").await.unwrap());
+    assert_eq!(
+        lines(&fake),
+        [
+            "GET /api/v1/nodes/n1",
+            "GET /api/v1/nodes/n1",
+            "GET /api/v1/nodes/n1",
+            "PATCH /api/v1/nodes/n1",
+            "PATCH /api/v1/nodes/n1",
+        ]
+    );
+    // The same guarded patch both times.
+    let want = json!({"metadata": {"resourceVersion": before}, "spec": {"unschedulable": true}});
+    for p in fake.requests_of("PATCH", "/api/v1/nodes/n1") {
+        assert_eq!(p.body, want);
+    }
+    assert_eq!(fake.node("n1")["spec"]["unschedulable"], json!(true));
+}
+
+#[tokio::test]
+async fn a_node_patch_applied_with_its_answer_lost_still_reports_the_change() {
+    let (fake, kube) = fake_with_node("n1").await;
+    fake.drop_answer_next("PATCH", "/api/v1/nodes/n1", 1);
+    // The retry meets the first patch's own effect (409), the node is
+    // read again: cordoned, with a newer resourceVersion.
+    assert!(kube.cordon("n1").await.unwrap(), "this call cordoned it");
+    assert_eq!(
+        lines(&fake),
+        [
+            "GET /api/v1/nodes/n1",
+            "PATCH /api/v1/nodes/n1",
+            "PATCH /api/v1/nodes/n1",
+            "GET /api/v1/nodes/n1",
+        ]
+    );
+    assert_eq!(fake.node("n1")["spec"]["unschedulable"], json!(true));
+
+    // Labels: the previous values are those before this call's write.
+    fake.drop_answer_next("PATCH", "/api/v1/nodes/n1", 1);
+    let labels: BTreeMap<String, Option<String>> =
+        [("role".to_string(), Some("db".to_string()))].into();
+    let previous = kube.set_node_labels("n1", &labels).await.unwrap();
+    assert_eq!(previous, [("role".to_string(), None)].into());
+    assert_eq!(fake.node("n1")["metadata"]["labels"]["role"], "db");
+
+    // A concurrent writer that did not do the change is not mistaken for
+    // the lost patch: the change is made again.
+    fake.clear_requests();
+    fake.fail_next("PATCH", "/api/v1/nodes/n1", 503, 1);
+    fake.concurrent_node_write("n1", json!({"metadata": {"labels": {"other": "x"}}}));
+    assert!(kube.uncordon("n1").await.unwrap());
+    assert_eq!(fake.requests_of("PATCH", "/api/v1/nodes/n1").len(), 3);
+    assert!(fake.node("n1")["spec"].get("unschedulable").is_none());
+}
+
+#[tokio::test]
+async fn a_config_map_write_applied_with_its_answer_lost_returns_the_previous_data() {
+    let fake = FakeApi::start().await;
+    let kube = fake.backend(FakeApi::fast_options());
+    let path = "/api/v1/namespaces/kube-system/configmaps";
+    let a: BTreeMap<String, String> = [("k".to_string(), "1".to_string())].into();
+    let b: BTreeMap<String, String> = [("k".to_string(), "2".to_string())].into();
+    // Create, replace and delete, each applied and its answer lost.
+    fake.drop_answer_next("POST", path, 1);
+    assert_eq!(
+        kube.put_config_map("kube-system", "x", Some(&a))
+            .await
+            .unwrap(),
+        None
+    );
+    fake.drop_answer_next("PUT", path, 1);
+    assert_eq!(
+        kube.put_config_map("kube-system", "x", Some(&b))
+            .await
+            .unwrap(),
+        Some(a)
+    );
+    fake.drop_answer_next("DELETE", path, 1);
+    assert_eq!(
+        kube.put_config_map("kube-system", "x", None).await.unwrap(),
+        Some(b)
+    );
+    assert!(fake.names("configmaps").is_empty());
+    let writes: Vec<String> = fake.writes().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(writes, ["POST", "POST", "PUT", "PUT", "DELETE", "DELETE"]);
+}
+
+#[tokio::test]
+async fn drain_rides_out_an_unavailable_api_server() {
+    let (fake, kube) = fake_with_node("n1").await;
+    fake.add_pod("default", "web-1", "n1", &[], Some("ReplicaSet"), false);
+    fake.add_pod("default", "web-2", "n1", &[], Some("ReplicaSet"), false);
+    fake.fail_next("GET", "/api/v1/pods", 504, 1);
+    fake.fail_next("POST", "/pods/web-1/eviction", 503, 1);
+    // Applied, answer lost: the retry finds the pod gone (404).
+    fake.drop_answer_next("POST", "/pods/web-2/eviction", 1);
+    let report = kube.drain("n1", &drain_opts(5_000)).await.unwrap();
+    assert_eq!(report.evicted, ["default/web-1", "default/web-2"]);
+    let lists = fake.requests_of("GET", "/api/v1/pods");
+    assert_eq!(lists.len(), 2);
+    for l in &lists {
+        assert_eq!(
+            l.param("fieldSelector").as_deref(),
+            Some("spec.nodeName=n1")
+        );
+    }
+    assert_eq!(fake.requests_of("POST", "/pods/web-1/eviction").len(), 2);
+    assert_eq!(fake.requests_of("POST", "/pods/web-2/eviction").len(), 2);
+    assert!(fake.names("pods").is_empty());
+}
+
+#[tokio::test]
+async fn permanent_errors_are_returned_at_once() {
+    let (fake, kube) = fake_with_node("n1").await;
+    fake.fail_next("GET", "/api/v1/nodes/n1", 403, FOREVER);
+    let err = kube.cordon("n1").await.unwrap_err();
+    assert!(!err.is_transient());
+    assert_eq!(
+        err.to_string(),
+        "cannot read node n1: the Kubernetes API server answered 403 Forbidden: scripted fault: 403 Forbidden; the kubeconfig user lacks the RBAC permission for this, grant it or use a cluster-admin kubeconfig"
+    );
+    assert_eq!(lines(&fake), ["GET /api/v1/nodes/n1"]);
+
+    // A 500 that is not an etcd leader change or timeout.
+    fake.clear_requests();
+    fake.fail_next_with(
+        "GET",
+        "/api/v1/nodes",
+        500,
+        "InternalError",
+        "Internal error occurred: failed calling webhook",
+        1,
+    );
+    let err = kube.nodes().await.unwrap_err();
+    assert!(matches!(err, BackendError::Other(_)), "{err}");
+    assert_eq!(lines(&fake), ["GET /api/v1/nodes"]);
+}
+
+#[tokio::test]
+async fn throttling_leader_changes_and_dropped_connections_are_retried() {
+    let (fake, kube) = fake_with_node("n1").await;
+    fake.fail_next("GET", "/api/v1/nodes", 429, 1);
+    fake.fail_next_with(
+        "GET",
+        "/api/v1/nodes",
+        500,
+        "InternalError",
+        "etcdserver: leader changed",
+        1,
+    );
+    fake.fail_next("GET", "/api/v1/nodes", 502, 1);
+    assert_eq!(kube.nodes().await.unwrap().len(), 1);
+    assert_eq!(fake.requests_of("GET", "/api/v1/nodes").len(), 4);
+
+    // No answer at all: the connection is closed.
+    fake.clear_requests();
+    fake.drop_next("GET", "/api/v1/nodes/n1", 2);
+    assert_eq!(kube.node("n1").await.unwrap().name, "n1");
+    assert_eq!(fake.requests_of("GET", "/api/v1/nodes/n1").len(), 3);
+}
+
+#[tokio::test]
+async fn an_api_server_that_stays_away_exhausts_the_budget() {
+    let fake = FakeApi::start().await;
+    fake.add_node("n1", &[]);
+    let budget = Duration::from_millis(300);
+    let kube = fake.backend(gravity_kube::KubeOptions {
+        transient_budget: budget,
+        ..FakeApi::fast_options()
+    });
+    fake.fail_next("GET", "/api/v1/nodes/n1", 503, FOREVER);
+    let start = Instant::now();
+    let err = kube.cordon("n1").await.unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(err.is_transient(), "{err}");
+    let sent = fake.requests_of("GET", "/api/v1/nodes/n1").len();
+    match &err {
+        BackendError::ApiUnavailable {
+            what,
+            attempts,
+            waited,
+            last,
+        } => {
+            assert_eq!(what, "cannot read node n1");
+            assert_eq!(*attempts as usize, sent);
+            assert!(*attempts >= 4, "{attempts}");
+            assert!(*waited >= budget, "{waited:?}");
+            assert_eq!(
+                last,
+                "the Kubernetes API server answered 503 ServiceUnavailable: scripted fault: 503 ServiceUnavailable"
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert!(
+        elapsed >= budget && elapsed < budget + Duration::from_secs(1),
+        "{elapsed:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("cannot read node n1: the Kubernetes API server was unavailable for ")
+            && msg.contains(&format!(
+                "({sent} attempts), last error: the Kubernetes API server answered 503"
+            ))
+            && msg.ends_with("; check that the API server is up, then resume the phase"),
+        "{msg}"
+    );
+    assert!(fake.writes().is_empty());
+}
+
+#[tokio::test]
+async fn transient_retries_in_a_drain_stop_at_its_deadline() {
+    // The budget (2 s) is longer than the drain's deadline (300 ms).
+    let (fake, kube) = fake_with_node("n1").await;
+    fake.add_pod("default", "web-1", "n1", &[("app", "web")], None, false);
+    fake.fail_next("POST", "/pods/web-1/eviction", 503, FOREVER);
+    let start = Instant::now();
+    let err = kube.drain("n1", &drain_opts(300)).await.unwrap_err();
+    let elapsed = start.elapsed();
+    match &err {
+        BackendError::ApiUnavailable { what, waited, .. } => {
+            assert_eq!(what, "error evicting pod default/web-1 from node n1");
+            assert!(*waited < Duration::from_millis(1_000), "{waited:?}");
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1_300),
+        "{elapsed:?}"
+    );
+    assert!(fake.requests_of("POST", "/pods/web-1/eviction").len() >= 3);
+    assert!(fake.get("pods", Some("default"), "web-1").is_some());
+
+    // Refused until the deadline, and the budgets cannot be listed then:
+    // the blocked pod is still reported.
+    let (fake, kube) = fake_with_node("n1").await;
+    fake.add_pod("default", "web-1", "n1", &[("app", "web")], None, false);
+    fake.add_pdb("default", "web-pdb", &[("app", "web")]);
+    fake.evict_429("default/web-1", FOREVER);
+    fake.fail_next("GET", "/poddisruptionbudgets", 503, FOREVER);
+    match kube.drain("n1", &drain_opts(200)).await.unwrap_err() {
+        BackendError::EvictionBlocked { pods, budgets, .. } => {
+            assert_eq!(pods, "default/web-1");
+            assert_eq!(
+                budgets,
+                "(unknown in namespace default: the Kubernetes API server was unavailable)"
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert_eq!(fake.requests_of("GET", "/poddisruptionbudgets").len(), 1);
+}
+
+#[tokio::test]
+async fn a_hook_job_created_with_its_answer_lost_is_this_calls_own() {
+    let fake = FakeApi::start().await;
+    let jobs = Arc::new(MemoryHookJobs::new());
+    jobs.insert(
+        "telekube",
+        Hook::PreUpdate,
+        hook_job("telekube-pre", &["hook"]),
+    );
+    let kube = fake.backend(FakeApi::fast_options()).with_hooks(jobs);
+    fake.drop_answer_next("POST", "/jobs", 1);
+    fake.fail_next("GET", "/log", 503, 1);
+    let app = Locator::parse("gravitational.io/telekube:5.5.50").unwrap();
+    let out = kube.run_hook(&app, Hook::PreUpdate).await.unwrap();
+    assert!(out.ran);
+    assert_eq!(out.logs, ["hook ran"]);
+    let posts = fake.requests_of("POST", "/apis/batch/v1/namespaces/kube-system/jobs");
+    assert_eq!(posts.len(), 2, "the first applied, the second met it (409)");
+    assert_eq!(posts[0].body, posts[1].body);
+    assert_eq!(fake.names("jobs").len(), 1);
+    assert_eq!(fake.requests_of("GET", "/log").len(), 2);
+}

@@ -14,14 +14,19 @@
 //! scripted number of polls.
 //!
 //! Scripted faults: evictions answered 429 N times or forever, evictions
-//! accepted while the pod stays (or is replaced with a new uid), and
+//! accepted while the pod stays (or is replaced with a new uid),
 //! concurrent writers that change a node just before the next patch (so
-//! that the patch meets a 409 Conflict).
+//! that the patch meets a 409 Conflict), and an unavailable API server:
+//! the next K requests matching a method and a path substring answered
+//! with a status (a `Status` body, nothing done), or their connection
+//! closed without an answer, before or after the request is applied
+//! ([`FakeApi::fail_next`], [`FakeApi::drop_next`],
+//! [`FakeApi::drop_answer_next`]). Failed requests are recorded like any
+//! other, so that tests can count attempts.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,8 +90,39 @@ impl Default for JobScript {
     }
 }
 
-/// Answer 429 forever.
+/// Answer 429 (or fail) forever.
 pub const FOREVER: u32 = u32::MAX;
+
+/// What a scripted fault does to a request.
+#[derive(Debug, Clone)]
+enum FaultAction {
+    /// Answer this status without doing anything.
+    Answer {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// Close the connection without answering, nothing done.
+    Drop,
+    /// Do the request, then close the connection without answering.
+    DropAnswer,
+}
+
+/// A fault for the next `times` requests of `method` whose path contains
+/// `path`.
+#[derive(Debug, Clone)]
+struct Fault {
+    method: String,
+    path: String,
+    times: u32,
+    action: FaultAction,
+}
+
+/// What the service does with a request.
+enum Outcome {
+    Answer(StatusCode, Value),
+    Drop,
+}
 
 type Key = (String, String);
 
@@ -103,6 +139,7 @@ struct State {
     node_writers: BTreeMap<String, VecDeque<Value>>,
     job_scripts: Vec<(String, JobScript)>,
     running_jobs: BTreeMap<Key, (u32, bool)>,
+    faults: Vec<Fault>,
 }
 
 fn kind_of(plural: &str) -> (&'static str, &'static str) {
@@ -227,6 +264,19 @@ fn route(path: &str) -> Option<Route> {
 }
 
 impl State {
+    /// The action of the first scripted fault matching the request, used
+    /// up by one.
+    fn fault(&mut self, method: &str, path: &str) -> Option<FaultAction> {
+        let f = self
+            .faults
+            .iter_mut()
+            .find(|f| f.times > 0 && f.method == method && path.contains(&f.path))?;
+        if f.times != FOREVER {
+            f.times -= 1;
+        }
+        Some(f.action.clone())
+    }
+
     fn next_rv(&mut self) -> String {
         self.rv += 1;
         self.rv.to_string()
@@ -574,7 +624,7 @@ impl Drop for FakeApi {
 async fn serve(
     state: Arc<Mutex<State>>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
@@ -595,7 +645,7 @@ async fn serve(
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
-    let (code, out) = {
+    let outcome = {
         let mut s = state.lock().unwrap();
         s.requests.push(Recorded {
             method: method.clone(),
@@ -604,7 +654,40 @@ async fn serve(
             content_type: ctype.clone(),
             body: body.clone(),
         });
-        s.handle(&method, &path, &query, &body, ctype.as_deref())
+        match s.fault(&method, &path) {
+            Some(FaultAction::Answer {
+                code,
+                reason,
+                message,
+            }) => Outcome::Answer(
+                StatusCode::from_u16(code).expect("a valid status code"),
+                json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "message": message, "reason": reason,
+                    "code": code,
+                }),
+            ),
+            Some(FaultAction::Drop) => Outcome::Drop,
+            Some(FaultAction::DropAnswer) => {
+                s.handle(&method, &path, &query, &body, ctype.as_deref());
+                Outcome::Drop
+            }
+            None => {
+                let (code, out) = s.handle(&method, &path, &query, &body, ctype.as_deref());
+                Outcome::Answer(code, out)
+            }
+        }
+    };
+    // An error from the service makes hyper close the connection without
+    // an answer.
+    let (code, out) = match outcome {
+        Outcome::Answer(code, out) => (code, out),
+        Outcome::Drop => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "scripted fault: connection dropped",
+            ));
+        }
     };
     let (ct, bytes) = match out {
         Value::String(text) if code.is_success() => ("text/plain", Bytes::from(text)),
@@ -649,12 +732,16 @@ impl FakeApi {
         format!("http://{}", self.addr)
     }
 
-    /// Options with short waits for tests.
+    /// Options with short waits for tests: transient failures are retried
+    /// for 2 s, from 5 ms to 50 ms apart.
     pub fn fast_options() -> KubeOptions {
         KubeOptions {
             poll_interval: Duration::from_millis(10),
             eviction_backoff: Duration::from_millis(10),
             eviction_backoff_max: Duration::from_millis(40),
+            transient_budget: Duration::from_secs(2),
+            transient_backoff: Duration::from_millis(5),
+            transient_backoff_max: Duration::from_millis(50),
             hook_timeout: Duration::from_secs(5),
             ..KubeOptions::default()
         }
@@ -834,6 +921,73 @@ impl FakeApi {
                 .entry(node.to_string())
                 .or_default()
                 .push_back(patch)
+        });
+    }
+
+    /// The next `times` requests ([`FOREVER`]) of `method` whose path
+    /// contains `path` are answered `code` with a `Status` body (reason
+    /// from the code: `ServiceUnavailable`, `Timeout`, `InternalError`,
+    /// ...) and not carried out. Faults are matched in the order they were
+    /// scripted; the request log records the failed requests too.
+    pub fn fail_next(&self, method: &str, path: &str, code: u16, times: u32) {
+        let reason = match code {
+            403 => "Forbidden",
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            502 => "BadGateway",
+            503 => "ServiceUnavailable",
+            504 => "Timeout",
+            _ => "Failure",
+        };
+        let message = format!("scripted fault: {code} {reason}");
+        self.fail_next_with(method, path, code, reason, &message, times);
+    }
+
+    /// [`FakeApi::fail_next`] with the `Status` reason and message given
+    /// (say `InternalError`, `etcdserver: leader changed`).
+    pub fn fail_next_with(
+        &self,
+        method: &str,
+        path: &str,
+        code: u16,
+        reason: &str,
+        message: &str,
+        times: u32,
+    ) {
+        self.add_fault(
+            method,
+            path,
+            times,
+            FaultAction::Answer {
+                code,
+                reason: reason.into(),
+                message: message.into(),
+            },
+        );
+    }
+
+    /// The next `times` requests of `method` whose path contains `path`
+    /// are read, recorded and not carried out; their connection is closed
+    /// without an answer.
+    pub fn drop_next(&self, method: &str, path: &str, times: u32) {
+        self.add_fault(method, path, times, FaultAction::Drop);
+    }
+
+    /// The next `times` requests of `method` whose path contains `path`
+    /// are carried out, then their connection is closed without an answer
+    /// (the client cannot know whether they were applied).
+    pub fn drop_answer_next(&self, method: &str, path: &str, times: u32) {
+        self.add_fault(method, path, times, FaultAction::DropAnswer);
+    }
+
+    fn add_fault(&self, method: &str, path: &str, times: u32, action: FaultAction) {
+        self.with(|s| {
+            s.faults.push(Fault {
+                method: method.into(),
+                path: path.into(),
+                times,
+                action,
+            })
         });
     }
 

@@ -143,9 +143,55 @@ pub enum BackendError {
     /// Anything else, with what to do.
     #[error("{0}")]
     Other(String),
+    /// The Kubernetes API server stayed unavailable (connections refused
+    /// or reset, 502/503/504, throttling, etcd leader changes) while the
+    /// call was retried until its time ran out: the retry budget, or the
+    /// deadline of the drain or wait it belongs to. Nothing says the
+    /// cluster is in the wrong state; the phase can be retried once the
+    /// API server answers (see [`BackendError::is_transient`]).
+    #[error(
+        "{what}: the Kubernetes API server was unavailable for {:?} ({}), last error: {last}; check that the API server is up, then resume the phase",
+        whole_millis(*.waited),
+        attempts_text(*.attempts)
+    )]
+    ApiUnavailable {
+        /// What was being done, and to which object (`cannot read node n1`).
+        what: String,
+        /// How many requests were sent (or tried) in all.
+        attempts: u32,
+        /// How long the call was retried, from its first attempt.
+        waited: Duration,
+        /// The last failure (`the Kubernetes API server answered 503 ...`,
+        /// `cannot reach the Kubernetes API server (...)`).
+        last: String,
+    },
+}
+
+/// `d` without its sub-millisecond part (`2.013s`, not `2.013456789s`).
+fn whole_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `1 attempt`, `5 attempts`.
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
 }
 
 impl BackendError {
+    /// Whether the failure is one that passes by itself: the backend could
+    /// not reach a service it needs for long enough (today
+    /// [`BackendError::ApiUnavailable`]), but no state was found wrong, so
+    /// executing the phase again once the service is back may succeed
+    /// without any other change. Every other error is permanent: retrying
+    /// without fixing what its message names gives the same error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::ApiUnavailable { .. })
+    }
+
     /// An [`BackendError::Io`] with context.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
         let context = context.into();
