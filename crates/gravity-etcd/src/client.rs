@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EtcdError {
     /// No endpoint answered.
     #[error("etcd is unavailable at {endpoints}: {reason}")]

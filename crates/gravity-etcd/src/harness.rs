@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 /// Why the harness could not do something.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HarnessError {
     /// No etcd binary.
     #[error(

@@ -7,6 +7,7 @@ use crate::locator::{Locator, LocatorError};
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PackError {
     /// The package does not exist in the store.
     #[error("package {0} not found (see `gravity package list`)")]
@@ -156,6 +157,7 @@ pub struct CorruptBlobSignal {
 /// Why a cluster image was refused. Nothing of a refused image becomes
 /// visible in the store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImageError {
     /// An entry path is absolute, has `..`, or is otherwise unsafe.
     #[error("refusing cluster image: entry {path:?} has an unsafe path ({reason})")]

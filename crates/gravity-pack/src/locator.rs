@@ -27,6 +27,7 @@ pub struct Locator {
 /// Why a locator, repository or name was rejected. The message quotes the
 /// offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocatorError {
     /// The text is not of the form `repository/name:version`.
     #[error(

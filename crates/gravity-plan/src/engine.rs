@@ -45,6 +45,7 @@ use crate::view::PlanView;
 /// Why an engine call failed. The texts follow Gravity's messages where
 /// users know them.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// No phase at that path.
     #[error("phase {0:?} not found; the plan lists the phase paths")]

@@ -60,6 +60,7 @@ impl PhaseNode {
 
 /// Why a plan could not be indexed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GraphError {
     /// Two phases share a path.
     #[error("phase {0} appears twice in the plan; every phase path must be unique")]

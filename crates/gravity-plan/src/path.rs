@@ -20,6 +20,7 @@ pub struct PhasePath(Arc<str>);
 
 /// Why a phase path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PathError {
     /// The path is empty.
     #[error("phase path is empty; phase paths look like \"/init\" or \"/masters/node-1/drain\"")]

@@ -123,6 +123,7 @@ pub struct Plan {
 
 /// Why a plan file was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanFileError {
     /// The file could not be read.
     #[error("cannot read plan file {path}: {source}")]

@@ -8,6 +8,7 @@ use crate::cluster::ClusterState;
 /// Why the upgrade plan could not be built. Messages quote Gravity's wording
 /// where the spec gives it and otherwise say what to do next.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The cluster has no nodes.
     #[error("cluster {0:?} has no nodes; an upgrade needs at least one master node")]

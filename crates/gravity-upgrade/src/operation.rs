@@ -29,6 +29,7 @@ use crate::sim::SimulatedCluster;
 
 /// Why a lifecycle step failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleError {
     /// The state directory holds no cluster.
     #[error("no cluster in {0}; create a simulated one with \"gravity sim init\"")]

@@ -7,6 +7,7 @@ use crate::client::EtcdError;
 
 /// Why a [`MemberControl`](super::MemberControl) could not act on a member.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ControlError {
     /// The local test cluster failed (process, file, or readiness).
     #[error(transparent)]
@@ -27,6 +28,7 @@ pub enum ControlError {
 /// [`EtcdElection`](super::election::EtcdElection). Every variant names the
 /// node (or file) concerned; [`BackendError`] conversions add what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EtcdBackendError {
     /// The node is not a node of the cluster.
     #[error("node {0:?} is not a node of the cluster")]

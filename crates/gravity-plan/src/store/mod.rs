@@ -79,6 +79,11 @@ pub struct LockInfo {
 }
 
 /// Why a store operation failed.
+///
+/// Unlike the other error enums of the workspace this one is exhaustive:
+/// it is part of the [`PlanStore`] contract that stores in other crates
+/// implement (and relay between each other), so a new variant must break
+/// their builds rather than be mapped to the wrong thing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No such operation.

@@ -36,6 +36,7 @@ use crate::cluster::DnsConfig;
 /// What went wrong in a backend. Every variant names the node (or object)
 /// concerned and says what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// The node does not answer.
     #[error(

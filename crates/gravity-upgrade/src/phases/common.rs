@@ -30,6 +30,7 @@ use crate::executors::{self as ex, NodeData};
 
 /// Why a phase failed. Messages name the phase and the node.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PhaseError {
     /// The phase's data does not match its kind.
     #[error("phase {phase:?} has invalid data for executor {kind}: {source}")]
