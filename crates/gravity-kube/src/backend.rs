@@ -49,6 +49,14 @@ pub struct KubeOptions {
     pub transient_backoff: Duration,
     /// Longest wait between two attempts of a call failing transiently.
     pub transient_backoff_max: Duration,
+    /// How long one request may go without an answer before it is given
+    /// up (and, as a transient failure, retried). kube-rs sets no such
+    /// limit by default (it would cut exec and watch streams, which this
+    /// backend does not use), so an API server that accepted a request
+    /// and hangs would hang the phase for good. Applied by
+    /// [`KubeBackend::from_config`] and the constructors that use it;
+    /// `None` leaves the client's setting.
+    pub request_timeout: Option<Duration>,
     /// How many times a write that met a concurrent writer (409 Conflict)
     /// is recomputed from a fresh read and retried.
     pub conflict_retries: u32,
@@ -66,7 +74,8 @@ impl Default for KubeOptions {
     /// Gravity's values: polls every second, eviction backoff from 500 ms
     /// to 30 s, transient failures retried for up to 60 s with backoff
     /// from 200 ms to 5 s (an API server restart during the upgrade takes
-    /// seconds to tens of seconds), 5 conflict retries, hooks in
+    /// seconds to tens of seconds), 30 s for one request to be answered,
+    /// 5 conflict retries, hooks in
     /// `kube-system` for up to 20 minutes, applications in
     /// `kube-system/gravity-applications`.
     fn default() -> Self {
@@ -77,6 +86,7 @@ impl Default for KubeOptions {
             transient_budget: Duration::from_secs(60),
             transient_backoff: Duration::from_millis(200),
             transient_backoff_max: Duration::from_secs(5),
+            request_timeout: Some(Duration::from_secs(30)),
             conflict_retries: 5,
             hook_namespace: "kube-system".into(),
             hook_timeout: Duration::from_secs(20 * 60),
@@ -132,10 +142,17 @@ impl KubeBackend {
         }
     }
 
-    /// A backend for the API server and credentials of `config`
-    /// (its `default_retry` is turned off).
+    /// A backend for the API server and credentials of `config` (its
+    /// `default_retry` is turned off, and its read timeout set from
+    /// [`KubeOptions::request_timeout`]).
     pub fn from_config(mut config: kube::Config, options: KubeOptions) -> BackendResult<Self> {
         config.default_retry = false;
+        if let Some(t) = options.request_timeout {
+            // Counted from when the request is written, not from when its
+            // pooled connection went idle.
+            config.read_timeout = Some(t);
+            config.reset_reader_on_write = true;
+        }
         let url = config.cluster_url.to_string();
         let client = kube::Client::try_from(config).map_err(|e| {
             BackendError::Other(format!(

@@ -1065,6 +1065,30 @@ async fn cordon_rides_out_an_unavailable_api_server() {
 }
 
 #[tokio::test]
+async fn a_request_the_api_server_never_answers_is_given_up_and_retried() {
+    let (fake, kube) = fake_with_node("n1").await;
+    // fast_options: 1 s per request. The stalled read would otherwise
+    // wait for the whole 30 s stall.
+    fake.stall_next("GET", "/api/v1/nodes/n1", Duration::from_secs(30), 1);
+    let start = Instant::now();
+    assert!(kube.cordon("n1").await.unwrap());
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(
+        lines(&fake),
+        [
+            "GET /api/v1/nodes/n1",
+            "GET /api/v1/nodes/n1",
+            "PATCH /api/v1/nodes/n1",
+        ]
+    );
+    assert_eq!(fake.node("n1")["spec"]["unschedulable"], json!(true));
+}
+
+#[tokio::test]
 async fn a_node_patch_applied_with_its_answer_lost_still_reports_the_change() {
     let (fake, kube) = fake_with_node("n1").await;
     fake.drop_answer_next("PATCH", "/api/v1/nodes/n1", 1);

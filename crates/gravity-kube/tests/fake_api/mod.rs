@@ -21,7 +21,7 @@
 //! with a status (a `Status` body, nothing done), or their connection
 //! closed without an answer, before or after the request is applied
 //! ([`FakeApi::fail_next`], [`FakeApi::drop_next`],
-//! [`FakeApi::drop_answer_next`]). Failed requests are recorded like any
+//! [`FakeApi::drop_answer_next`], [`FakeApi::stall_next`]). Failed requests are recorded like any
 //! other, so that tests can count attempts.
 
 #![allow(dead_code)]
@@ -106,6 +106,9 @@ enum FaultAction {
     Drop,
     /// Do the request, then close the connection without answering.
     DropAnswer,
+    /// Hold the answer back this long (nothing done), then close the
+    /// connection: a server that accepted the request and hangs.
+    Stall(Duration),
 }
 
 /// A fault for the next `times` requests of `method` whose path contains
@@ -122,6 +125,7 @@ struct Fault {
 enum Outcome {
     Answer(StatusCode, Value),
     Drop,
+    Stall(Duration),
 }
 
 type Key = (String, String);
@@ -668,6 +672,7 @@ async fn serve(
                 }),
             ),
             Some(FaultAction::Drop) => Outcome::Drop,
+            Some(FaultAction::Stall(d)) => Outcome::Stall(d),
             Some(FaultAction::DropAnswer) => {
                 s.handle(&method, &path, &query, &body, ctype.as_deref());
                 Outcome::Drop
@@ -682,6 +687,13 @@ async fn serve(
     // an answer.
     let (code, out) = match outcome {
         Outcome::Answer(code, out) => (code, out),
+        Outcome::Stall(d) => {
+            tokio::time::sleep(d).await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "scripted fault: stalled",
+            ));
+        }
         Outcome::Drop => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
@@ -742,6 +754,7 @@ impl FakeApi {
             transient_budget: Duration::from_secs(2),
             transient_backoff: Duration::from_millis(5),
             transient_backoff_max: Duration::from_millis(50),
+            request_timeout: Some(Duration::from_secs(1)),
             hook_timeout: Duration::from_secs(5),
             ..KubeOptions::default()
         }
@@ -978,6 +991,13 @@ impl FakeApi {
     /// (the client cannot know whether they were applied).
     pub fn drop_answer_next(&self, method: &str, path: &str, times: u32) {
         self.add_fault(method, path, times, FaultAction::DropAnswer);
+    }
+
+    /// The next `times` requests of `method` whose path contains `path`
+    /// are read, recorded and not carried out; no answer comes for `for_`,
+    /// then the connection is closed.
+    pub fn stall_next(&self, method: &str, path: &str, for_: Duration, times: u32) {
+        self.add_fault(method, path, times, FaultAction::Stall(for_));
     }
 
     fn add_fault(&self, method: &str, path: &str, times: u32, action: FaultAction) {
