@@ -100,18 +100,23 @@ fn runlevel() -> Value {
     json!([{"key": "gravitational.io/runlevel", "value": "system", "effect": "NoExecute"}])
 }
 
-#[tokio::test]
-async fn drain_taint_uncordon_untaint_and_their_rollbacks() {
-    let e = env(1).await;
-    let m = "master-1";
-    e.fake.add_pod(
+/// `default/web-1` (app=web, owned by a ReplicaSet) on `node`.
+fn add_web_pod(fake: &FakeApi, node: &str) {
+    fake.add_pod(
         "default",
         "web-1",
-        m,
+        node,
         &[("app", "web")],
         Some("ReplicaSet"),
         false,
     );
+}
+
+#[tokio::test]
+async fn drain_taint_uncordon_untaint_and_their_rollbacks() {
+    let e = env(1).await;
+    let m = "master-1";
+    add_web_pod(&e.fake, m);
     e.fake
         .add_pod("kube-system", "flannel-x", m, &[], Some("DaemonSet"), false);
     let b = e.backends.clone();
@@ -199,14 +204,7 @@ async fn a_blocked_drain_fails_the_phase_and_its_rollback_uncordons() {
     let mut e = env(1).await;
     e.backends.timing.eviction_deadline = Duration::from_millis(200);
     let m = "master-1";
-    e.fake.add_pod(
-        "default",
-        "web-1",
-        m,
-        &[("app", "web")],
-        Some("ReplicaSet"),
-        false,
-    );
+    add_web_pod(&e.fake, m);
     e.fake.add_pdb("default", "web-pdb", &[("app", "web")]);
     e.fake.evict_429("default/web-1", fake_api::FOREVER);
     let drain = executor(&e.backends, "drain_node");

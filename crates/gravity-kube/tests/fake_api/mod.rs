@@ -389,11 +389,7 @@ impl State {
         }
         match self.coll(plural).get(&key) {
             Some(v) => (StatusCode::OK, v.clone()),
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{plural} \"{name}\" not found"),
-            ),
+            None => not_found(plural, name),
         }
     }
 
@@ -494,11 +490,7 @@ impl State {
         let key = (ns.to_string(), name.to_string());
         let pod_key = format!("{ns}/{name}");
         if !self.coll("pods").contains_key(&key) {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("pods \"{name}\" not found"),
-            );
+            return not_found("pods", name);
         }
         if let Some(n) = self.evict_429.get_mut(&pod_key)
             && *n > 0
@@ -524,18 +516,10 @@ impl State {
 
     fn replace(&mut self, plural: &str, ns: &str, name: &str, body: &Value) -> (StatusCode, Value) {
         let key = (ns.to_string(), name.to_string());
-        let Some(cur) = self.coll(plural).get(&key).cloned() else {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{plural} \"{name}\" not found"),
-            );
+        let cur = match self.guarded_current(plural, &key, body) {
+            Ok(cur) => cur,
+            Err(answer) => return answer,
         };
-        if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
-            && Some(rv) != cur["metadata"]["resourceVersion"].as_str()
-        {
-            return conflict(plural, name);
-        }
         let mut obj = body.clone();
         obj["metadata"]["uid"] = cur["metadata"]["uid"].clone();
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
@@ -557,18 +541,10 @@ impl State {
                 n["metadata"]["resourceVersion"] = json!(rv);
             }
         }
-        let Some(cur) = self.coll(plural).get(&key).cloned() else {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{plural} \"{name}\" not found"),
-            );
+        let cur = match self.guarded_current(plural, &key, body) {
+            Ok(cur) => cur,
+            Err(answer) => return answer,
         };
-        if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
-            && Some(rv) != cur["metadata"]["resourceVersion"].as_str()
-        {
-            return conflict(plural, name);
-        }
         let mut obj = cur;
         merge(&mut obj, body);
         obj["metadata"]["resourceVersion"] = json!(self.next_rv());
@@ -576,14 +552,33 @@ impl State {
         (StatusCode::OK, obj)
     }
 
+    /// The stored object a replace or patch applies to, if it exists and
+    /// the `metadata.resourceVersion` of `body` (when given) is its own;
+    /// else the 404 or 409 answer.
+    fn guarded_current(
+        &mut self,
+        plural: &str,
+        key: &Key,
+        body: &Value,
+    ) -> Result<Value, (StatusCode, Value)> {
+        let name = &key.1;
+        let cur = self
+            .coll(plural)
+            .get(key)
+            .cloned()
+            .ok_or_else(|| not_found(plural, name))?;
+        match body["metadata"]["resourceVersion"].as_str() {
+            Some(rv) if Some(rv) != cur["metadata"]["resourceVersion"].as_str() => {
+                Err(conflict(plural, name))
+            }
+            _ => Ok(cur),
+        }
+    }
+
     fn delete(&mut self, plural: &str, ns: &str, name: &str, body: &Value) -> (StatusCode, Value) {
         let key = (ns.to_string(), name.to_string());
         let Some(cur) = self.coll(plural).get(&key).cloned() else {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{plural} \"{name}\" not found"),
-            );
+            return not_found(plural, name);
         };
         let pre = &body["preconditions"];
         for f in ["resourceVersion", "uid"] {
@@ -600,6 +595,14 @@ impl State {
 
 fn name_of_container(c: &Value) -> String {
     c["name"].as_str().unwrap_or_default().to_string()
+}
+
+fn not_found(plural: &str, name: &str) -> (StatusCode, Value) {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{plural} \"{name}\" not found"),
+    )
 }
 
 fn conflict(plural: &str, name: &str) -> (StatusCode, Value) {
